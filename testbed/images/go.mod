@@ -1,0 +1,3 @@
+module testbed.local/images
+
+go 1.25

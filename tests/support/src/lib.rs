@@ -1,0 +1,19 @@
+//! Test harness for pod-graceful-drain's integration tests.
+//!
+//! Every behaviour that involves Kubernetes is tested on a real cluster: by default the project's
+//! own testbed (`testbed/up`, brought up on first use), or any cluster named by the environment
+//! variable `PGD_TEST_KUBECONFIG` (a developer's kind cluster, say). A test asks for a [`TestEnv`]:
+//! a `kube::Client` and a fresh namespace that is deleted when the test ends, pass or fail.
+//! Waiting is done on watches with deadlines ([`wait`]), never with fixed sleeps.
+
+mod cluster;
+mod error;
+pub mod fetch;
+mod namespace;
+mod netns;
+pub mod objects;
+pub mod wait;
+
+pub use cluster::{Target, kubectl, nodes_ready_schedulable, target};
+pub use error::{Error, Result};
+pub use namespace::TestEnv;

@@ -1,0 +1,110 @@
+//! A fresh namespace per test, deleted when the test ends (also when it fails or panics).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+use crate::cluster::{Target, target};
+use crate::error::Result;
+use crate::wait;
+
+/// Set to keep test namespaces after the run, for a person to look at.
+pub const KEEP_NAMESPACES_ENV: &str = "PGD_TEST_KEEP_NAMESPACES";
+/// Label on every namespace the harness creates, so leftovers are easy to find and remove.
+pub const TEST_NAMESPACE_LABEL: &str = "pod-graceful-drain.io/test";
+
+/// What a test gets: the cluster, a client for it and a namespace of its own.
+pub struct TestEnv {
+    pub target: &'static Target,
+    pub client: Client,
+    pub namespace: String,
+    _guard: NamespaceGuard,
+}
+
+impl TestEnv {
+    /// Prepares the cluster (bringing the testbed up when needed) and creates the namespace
+    /// `pgd-<name>-<suffix>`, ready to use (its default ServiceAccount exists).
+    pub async fn new(name: &str) -> Result<Self> {
+        let target = target()?;
+        let client = target.client().await?;
+        let suffix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() % 1_000_000)
+            .unwrap_or(0);
+        let namespace = format!("pgd-{name}-{suffix:06}");
+        let ns: Namespace = serde_json::from_value(json!({
+            "metadata": {"name": namespace, "labels": {TEST_NAMESPACE_LABEL: "true"}}
+        }))
+        .expect("static namespace manifest");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
+        let guard = NamespaceGuard {
+            target,
+            name: namespace.clone(),
+        };
+        // Pods cannot be created before the ServiceAccount controller has made `default`.
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
+        wait::until(
+            &sas,
+            "default",
+            "the namespace's default ServiceAccount",
+            Duration::from_secs(30),
+            |sa: Option<&ServiceAccount>| sa.is_some(),
+        )
+        .await?;
+        Ok(TestEnv {
+            target,
+            client,
+            namespace,
+            _guard: guard,
+        })
+    }
+
+    /// An Api for namespaced objects of kind K in the test's namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+}
+
+struct NamespaceGuard {
+    target: &'static Target,
+    name: String,
+}
+
+impl Drop for NamespaceGuard {
+    /// Deletes the namespace without waiting for it to be gone. Runs on a thread of its own with a
+    /// runtime of its own, because the test's runtime may already be unwinding.
+    fn drop(&mut self) {
+        if std::env::var_os(KEEP_NAMESPACES_ENV).is_some() {
+            eprintln!("keeping test namespace {}", self.name);
+            return;
+        }
+        let target = self.target;
+        let name = self.name.clone();
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for namespace cleanup");
+            rt.block_on(async move {
+                let client = target.client().await?;
+                Api::<Namespace>::all(client)
+                    .delete(&name, &DeleteParams::background())
+                    .await?;
+                Ok::<_, crate::Error>(())
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = done {
+            eprintln!("could not delete test namespace {}: {e}", self.name);
+        }
+    }
+}
