@@ -55,12 +55,15 @@ impl Target {
             path: path.display().to_string(),
             source,
         })?;
-        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
             .map_err(|source| Error::Kubeconfig {
                 path: path.display().to_string(),
                 source,
             })?;
+        // Tests must see the server's answers as they are: kube retries 429/503/504 by default,
+        // which turns an eviction refused by a PodDisruptionBudget into minutes of backoff.
+        config.default_retry = false;
         Ok(Client::try_from(config)?)
     }
 }
