@@ -23,7 +23,10 @@ const ROLLOUT: Duration = Duration::from_secs(90);
 async fn deploy_demo(env: &TestEnv, name: &str, replicas: i32) -> anyhow::Result<Vec<Pod>> {
     let deployments: Api<Deployment> = env.api();
     deployments
-        .create(&PostParams::default(), &objects::demo_deployment(name, replicas))
+        .create(
+            &PostParams::default(),
+            &objects::demo_deployment(name, replicas),
+        )
         .await?;
     wait::until(
         &deployments,
@@ -97,6 +100,14 @@ async fn deployment_answers_200_through_its_cluster_ip() -> anyhow::Result<()> {
         .and_then(|s| s.cluster_ip)
         .expect("a ClusterIP");
     let url = format!("http://{ip}/");
+    wait::service_endpoints_ready(
+        &env.client,
+        &env.namespace,
+        "web",
+        3,
+        Duration::from_secs(30),
+    )
+    .await?;
     let results = fetch::fetch(
         &env.api(),
         "client",

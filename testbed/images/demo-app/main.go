@@ -120,14 +120,35 @@ func fetch(args []string) int {
 	count := fs.Int("count", 10, "number of requests")
 	interval := fs.Duration("interval", 100*time.Millisecond, "time between request starts")
 	timeout := fs.Duration("timeout", 2*time.Second, "per-request timeout")
+	warmup := fs.Duration("warmup", 0, "first retry until one request answers 200, for at most this long (not counted)")
 	_ = fs.Parse(args)
 	if *url == "" || *count < 1 || *count > 1000000 {
-		fmt.Fprintln(os.Stderr, "usage: demo-app fetch -url URL [-count N] [-interval D] [-timeout D]")
+		fmt.Fprintln(os.Stderr, "usage: demo-app fetch -url URL [-count N] [-interval D] [-timeout D] [-warmup D]")
 		return 2
 	}
 	// A fresh connection per request, as a load balancer spreading requests would see them.
 	client := &http.Client{Timeout: *timeout, Transport: &http.Transport{DisableKeepAlives: true}}
 	enc := json.NewEncoder(os.Stdout)
+	// A new Service is reachable only once kube-proxy has programmed it; that delay is not what
+	// the counted requests measure.
+	if *warmup > 0 {
+		until := time.Now().Add(*warmup)
+		for {
+			resp, err := client.Get(*url)
+			if err == nil {
+				_, _ = io.Copy(io.Discard, resp.Body)
+				_ = resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					break
+				}
+			}
+			if time.Now().After(until) {
+				fmt.Printf("warm-up: no 200 answer from %s within %v\n", *url, *warmup)
+				return 1
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
 	start := time.Now()
 	ok, failed := 0, 0
 	for i := 0; i < *count; i++ {

@@ -23,7 +23,10 @@ const TESTBED_NETNS: &str = "/run/netns/pgd-n1";
 #[derive(Debug, Clone)]
 pub enum Target {
     /// The project's own testbed, driven by the scripts in `testbed/`.
-    Testbed { kubeconfig: PathBuf, scripts: PathBuf },
+    Testbed {
+        kubeconfig: PathBuf,
+        scripts: PathBuf,
+    },
     /// An existing cluster given by `PGD_TEST_KUBECONFIG`.
     External { kubeconfig: PathBuf },
 }
@@ -114,7 +117,9 @@ fn resolve() -> Result<Target> {
         .lines()
         .filter_map(|l| l.strip_prefix("export KUBECONFIG="))
         .next_back()
-        .ok_or_else(|| Error::Testbed(format!("testbed/up printed no KUBECONFIG line:\n{stdout}")))?;
+        .ok_or_else(|| {
+            Error::Testbed(format!("testbed/up printed no KUBECONFIG line:\n{stdout}"))
+        })?;
     Ok(Target::Testbed {
         kubeconfig: PathBuf::from(kubeconfig),
         scripts,

@@ -42,7 +42,9 @@ pub struct FetchPod {
 }
 
 impl FetchPod {
-    /// Starts `count` GETs of `url`, one every `interval`, from a pod (on `node` when given).
+    /// Starts `count` GETs of `url`, one every `interval`, from a pod (on `node` when given),
+    /// once `url` has answered 200 (up to 30 s of uncounted warm-up: a new Service is reachable
+    /// only after kube-proxy has programmed it).
     pub async fn start(
         api: &Api<Pod>,
         name: &str,
@@ -59,7 +61,8 @@ impl FetchPod {
                 "image": DEMO_IMAGE,
                 "imagePullPolicy": "IfNotPresent",
                 "args": ["fetch", "-url", url, "-count", count.to_string(),
-                         "-interval", format!("{}ms", interval.as_millis()), "-timeout", "2s"],
+                         "-interval", format!("{}ms", interval.as_millis()), "-timeout", "2s",
+                         "-warmup", "30s"],
                 "securityContext": {"allowPrivilegeEscalation": false, "runAsNonRoot": true,
                                     "capabilities": {"drop": ["ALL"]}}
             }]
@@ -76,7 +79,7 @@ impl FetchPod {
         Ok(FetchPod {
             api: api.clone(),
             name: name.to_string(),
-            expected: interval * count + Duration::from_secs(count as u64 / 10 + 5),
+            expected: interval * count + Duration::from_secs(count as u64 / 10 + 35),
         })
     }
 

@@ -73,8 +73,7 @@ pub fn pdb(name: &str, budget: Value) -> PodDisruptionBudget {
             s.insert(k.clone(), v.clone());
         }
     }
-    serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec}))
-        .expect("pdb manifest")
+    serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).expect("pdb manifest")
 }
 
 /// A bare demo-app pod with the given labels (not owned by any controller).

@@ -87,6 +87,37 @@ where
         })
 }
 
+/// Waits until the Service's EndpointSlices list exactly `n` ready endpoints (what kube-proxy
+/// programs), e.g. after a rollout and before measuring traffic.
+pub async fn service_endpoints_ready(
+    client: &kube::Client,
+    namespace: &str,
+    service: &str,
+    n: usize,
+    timeout: Duration,
+) -> Result<()> {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+    let config =
+        watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"));
+    until_list(
+        &api,
+        config,
+        &format!("{n} ready endpoints for Service {service}"),
+        timeout,
+        |slices: &[EndpointSlice]| {
+            let ready = slices
+                .iter()
+                .flat_map(|s| s.endpoints.iter())
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                .count();
+            ready == n
+        },
+    )
+    .await
+    .map(|_| ())
+}
+
 /// Conditions the tests wait for, beyond those kube-runtime provides.
 pub mod conditions {
     use k8s_openapi::api::apps::v1::Deployment;
@@ -117,9 +148,10 @@ pub mod conditions {
         };
         p.metadata.deletion_timestamp.is_none()
             && st.phase.as_deref() == Some("Running")
-            && st.conditions.as_ref().is_some_and(|c| {
-                c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-            })
+            && st
+                .conditions
+                .as_ref()
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
     }
 
     /// The pod has finished (Succeeded or Failed).
