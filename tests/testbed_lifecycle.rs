@@ -58,7 +58,11 @@ fn lifecycle() {
     assert!(first.status.success(), "up failed:\n{}", text(&first));
     let again = run("up", &["1"], &[]);
     let out = String::from_utf8_lossy(&again.stdout);
-    assert!(again.status.success(), "second up failed:\n{}", text(&again));
+    assert!(
+        again.status.success(),
+        "second up failed:\n{}",
+        text(&again)
+    );
     assert!(
         out.contains("already up"),
         "second up was not a no-op:\n{out}"
@@ -83,7 +87,10 @@ fn lifecycle() {
     }
     let recovered = run("up", &["1"], &[]);
     let out = text(&recovered);
-    assert!(recovered.status.success(), "up after a crash failed:\n{out}");
+    assert!(
+        recovered.status.success(),
+        "up after a crash failed:\n{out}"
+    );
     assert!(
         out.contains("leftovers"),
         "up did not say it cleaned leftovers:\n{out}"
@@ -107,7 +114,10 @@ fn lifecycle() {
         &[("PGD_TESTBED_APISERVER_FLAGS", "--no-such-flag=1")],
     );
     let out = text(&failed);
-    assert!(!failed.status.success(), "up with a broken apiserver succeeded:\n{out}");
+    assert!(
+        !failed.status.success(),
+        "up with a broken apiserver succeeded:\n{out}"
+    );
     assert!(
         out.contains("up FAILED at: kube-apiserver"),
         "the failed component is not named:\n{out}"
