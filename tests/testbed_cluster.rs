@@ -14,8 +14,9 @@ use kube::api::{DeleteParams, EvictParams, ListParams, LogParams, PostParams};
 use kube::runtime::wait::conditions::is_deleted;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
+use pgd_testbed::fetch::{self, Traffic};
 use pgd_testbed::wait::{self, conditions};
-use pgd_testbed::{TestEnv, fetch, objects};
+use pgd_testbed::{TestEnv, objects};
 use serde_json::json;
 
 const ROLLOUT: Duration = Duration::from_secs(90);
@@ -93,30 +94,14 @@ async fn deployment_answers_200_through_its_cluster_ip() -> anyhow::Result<()> {
     assert_eq!(pods.len(), 3, "3 ready replicas expected");
     let names: BTreeSet<String> = pods.iter().map(|p| p.name_any()).collect();
 
-    let ip = services
-        .get("web")
-        .await?
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .expect("a ClusterIP");
-    let url = format!("http://{ip}/");
-    wait::service_endpoints_ready(
-        &env.client,
-        &env.namespace,
-        "web",
-        3,
-        Duration::from_secs(30),
-    )
-    .await?;
-    let results = fetch::fetch(
-        &env.api(),
-        "client",
-        None,
-        &url,
-        30,
-        Duration::from_millis(50),
-    )
-    .await?;
+    let url = env.service_url("web", 3).await?;
+    let traffic = Traffic {
+        url: &url,
+        node: None,
+        count: 30,
+        interval: Duration::from_millis(50),
+    };
+    let results = fetch::fetch(&env.api(), "client", traffic).await?;
     assert_eq!(results.len(), 30);
     let failed: Vec<_> = results.iter().filter(|r| !r.ok()).collect();
     assert!(failed.is_empty(), "requests to {url} failed: {failed:?}");

@@ -12,7 +12,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ListParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use pgd_testbed::fetch::{self, FetchPod};
+use pgd_testbed::fetch::{self, FetchPod, Traffic};
 use pgd_testbed::wait::{self, conditions};
 use pgd_testbed::{Target, TestEnv, kubectl, nodes_ready_schedulable, objects};
 use serde_json::json;
@@ -99,33 +99,16 @@ async fn drain_moves_pods_and_the_service_keeps_answering() -> anyhow::Result<()
         "pods should be spread over both nodes: {placement:?}"
     );
 
-    let ip = env
-        .api::<Service>()
-        .get("web")
-        .await?
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .expect("a ClusterIP");
-    let url = format!("http://{ip}/");
-    wait::service_endpoints_ready(
-        &env.client,
-        &env.namespace,
-        "web",
-        4,
-        Duration::from_secs(30),
-    )
-    .await?;
+    let url = env.service_url("web", 4).await?;
+    let from_keep = |count, interval_ms| Traffic {
+        url: &url,
+        node: Some(&keep),
+        count,
+        interval: Duration::from_millis(interval_ms),
+    };
 
     // Before: from the node that stays, the Service reaches pods on both nodes.
-    let results = fetch::fetch(
-        &pods,
-        "before",
-        Some(&keep),
-        &url,
-        40,
-        Duration::from_millis(25),
-    )
-    .await?;
+    let results = fetch::fetch(&pods, "before", from_keep(40, 25)).await?;
     assert!(
         results.iter().all(|r| r.ok()),
         "requests failed before the drain: {:?}",
@@ -142,15 +125,7 @@ async fn drain_moves_pods_and_the_service_keeps_answering() -> anyhow::Result<()
     );
 
     // During: traffic from the node that stays while the other is drained.
-    let during = FetchPod::start(
-        &pods,
-        "during",
-        Some(&keep),
-        &url,
-        300,
-        Duration::from_millis(50),
-    )
-    .await?;
+    let during = FetchPod::start(&pods, "during", from_keep(300, 50)).await?;
     wait::until(
         &pods,
         "during",
@@ -215,15 +190,7 @@ async fn drain_moves_pods_and_the_service_keeps_answering() -> anyhow::Result<()
         "the Service stopped answering during the drain"
     );
 
-    let after = fetch::fetch(
-        &pods,
-        "after",
-        Some(&keep),
-        &url,
-        20,
-        Duration::from_millis(25),
-    )
-    .await?;
+    let after = fetch::fetch(&pods, "after", from_keep(20, 25)).await?;
     assert!(
         after.iter().all(|r| r.ok()),
         "requests failed after the drain: {after:?}"

@@ -34,6 +34,16 @@ impl FetchResult {
     }
 }
 
+/// What traffic to send: `count` GETs of `url`, one every `interval`, from a pod on `node` (any
+/// node when `None`).
+#[derive(Debug, Clone, Copy)]
+pub struct Traffic<'a> {
+    pub url: &'a str,
+    pub node: Option<&'a str>,
+    pub count: u32,
+    pub interval: Duration,
+}
+
 /// A running `demo-app fetch` pod.
 pub struct FetchPod {
     api: Api<Pod>,
@@ -42,17 +52,15 @@ pub struct FetchPod {
 }
 
 impl FetchPod {
-    /// Starts `count` GETs of `url`, one every `interval`, from a pod (on `node` when given),
-    /// once `url` has answered 200 (up to 30 s of uncounted warm-up: a new Service is reachable
-    /// only after kube-proxy has programmed it).
-    pub async fn start(
-        api: &Api<Pod>,
-        name: &str,
-        node: Option<&str>,
-        url: &str,
-        count: u32,
-        interval: Duration,
-    ) -> Result<FetchPod> {
+    /// Starts the traffic from a pod named `name`, once the URL has answered 200 (up to 30 s of
+    /// uncounted warm-up: a new Service is reachable only after kube-proxy has programmed it).
+    pub async fn start(api: &Api<Pod>, name: &str, traffic: Traffic<'_>) -> Result<FetchPod> {
+        let Traffic {
+            url,
+            node,
+            count,
+            interval,
+        } = traffic;
         let mut spec = json!({
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 1,
@@ -115,17 +123,7 @@ impl FetchPod {
     }
 }
 
-/// Runs a fetch pod to the end: `count` requests of `url` from `node`.
-pub async fn fetch(
-    api: &Api<Pod>,
-    name: &str,
-    node: Option<&str>,
-    url: &str,
-    count: u32,
-    interval: Duration,
-) -> Result<Vec<FetchResult>> {
-    FetchPod::start(api, name, node, url, count, interval)
-        .await?
-        .results()
-        .await
+/// Runs a fetch pod to the end and returns every request's outcome.
+pub async fn fetch(api: &Api<Pod>, name: &str, traffic: Traffic<'_>) -> Result<Vec<FetchResult>> {
+    FetchPod::start(api, name, traffic).await?.results().await
 }

@@ -2,13 +2,13 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
 use crate::cluster::{Target, target};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::wait;
 
 /// Set to keep test namespaces after the run, for a person to look at.
@@ -71,6 +71,29 @@ impl TestEnv {
         <K as kube::Resource>::DynamicType: Default,
     {
         Api::namespaced(self.client.clone(), &self.namespace)
+    }
+}
+
+impl TestEnv {
+    /// `http://<ClusterIP>/` of a Service in the test's namespace, once its EndpointSlices list
+    /// `ready_endpoints` ready endpoints.
+    pub async fn service_url(&self, service: &str, ready_endpoints: usize) -> Result<String> {
+        let ip = self
+            .api::<Service>()
+            .get(service)
+            .await?
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .ok_or_else(|| Error::Unexpected(format!("Service {service} has no ClusterIP")))?;
+        wait::service_endpoints_ready(
+            &self.client,
+            &self.namespace,
+            service,
+            ready_endpoints,
+            Duration::from_secs(30),
+        )
+        .await?;
+        Ok(format!("http://{ip}/"))
     }
 }
 
