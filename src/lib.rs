@@ -1,0 +1,6 @@
+//! pod-graceful-drain: keeps deleted and evicted pods serving until load balancers have let go of
+//! them. The library holds the pure decision logic (no I/O), tested on its own; the binary wires
+//! it to the API server.
+
+pub mod isolation;
+pub mod selector;
