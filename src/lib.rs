@@ -4,4 +4,5 @@
 
 pub mod eviction;
 pub mod isolation;
+pub mod schedule;
 pub mod selector;
