@@ -1,0 +1,301 @@
+//! The decision: given an admission request, the pod and what selects it, what to do. Pure: no
+//! client, no clock (the caller passes `now`), no I/O; the admission server gathers the facts and
+//! carries the decision out. Reads top to bottom as the state machine:
+//!
+//! 1. pass through, untouched: dry-run requests, excluded namespaces, terminating namespaces, the
+//!    product's own pods and requests, opted-out pods;
+//! 2. a pod already draining gets the same answer again, and delete-at never moves;
+//! 3. pass through pods that are not exposed (not Running and Ready, terminating, or selected by
+//!    no Service);
+//! 4. an eviction the eviction handler would refuse passes through unchanged (the API server
+//!    itself answers 429);
+//! 5. otherwise isolate and schedule, and answer: a controller is denied at once (it no longer
+//!    owns the pod), a person's DELETE is held until delete-at when that fits in the webhook's time
+//!    budget, an eviction becomes a dry-run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::eviction::{self, Verdict};
+use crate::isolation::{self, Selecting};
+use crate::schedule::{self, DrainBounds, Reading, Reason, SavedDeleteOptions, Schedule};
+
+/// What happens to a person's DELETE when the drain outlasts the webhook's time budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LongDrain {
+    /// Answer at the deadline with a deny naming delete-at (the pod is deleted on time anyway).
+    Deny,
+    /// Answer at the deadline with an allow (the pod goes at once, before its delete-at).
+    Allow,
+}
+
+/// Configuration the decision depends on.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub excluded_namespaces: BTreeSet<String>,
+    /// The product's own ServiceAccount user name: its requests (the leader's deletes) pass.
+    pub own_user: String,
+    /// Users whose DELETEs are a controller's: answered at once.
+    pub controller_users: BTreeSet<String>,
+    pub bounds: DrainBounds,
+    /// How long an admission answer may be held (below the webhook's timeout).
+    pub hold_budget: Duration,
+    pub long_drain: LongDrain,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    Delete(SavedDeleteOptions),
+    Evict,
+}
+
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub operation: Operation,
+    pub dry_run: bool,
+    pub user: &'a str,
+    pub traceparent: Option<String>,
+}
+
+/// The pod as the decision sees it.
+#[derive(Debug, Clone)]
+pub struct PodView<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub phase: Option<&'a str>,
+    pub ready: bool,
+    pub terminating: bool,
+    pub labels: &'a BTreeMap<String, String>,
+    pub annotations: &'a BTreeMap<String, String>,
+    /// One of the product's own pods.
+    pub own: bool,
+    pub namespace_terminating: bool,
+}
+
+/// What selects the pod, as gathered from the caches.
+#[derive(Debug, Clone, Default)]
+pub struct Facts<'a> {
+    pub services: Vec<Selecting<'a>>,
+    pub controller: Option<Selecting<'a>>,
+    /// Budgets whose selector matches the pod, with their status.
+    pub budgets: Vec<(Selecting<'a>, eviction::Budget)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassReason {
+    DryRun,
+    ExcludedNamespace,
+    TerminatingNamespace,
+    OwnRequest,
+    OwnPod,
+    OptedOut,
+    NotExposed,
+    BudgetRefuses,
+    CannotIsolate,
+}
+
+/// What to answer the API server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Deny at once with this message.
+    Deny(String),
+    /// Hold the answer until `until`, then allow.
+    HoldThenAllow { until: Timestamp },
+    /// Hold the answer until `until` (the budget's deadline), then deny with this message.
+    HoldThenDeny { until: Timestamp, message: String },
+    /// Allow now (delete-at has passed).
+    Allow,
+    /// Turn the eviction into a dry-run, so the caller succeeds and waits for the pod to go.
+    EvictAsDryRun,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Pass {
+        reason: PassReason,
+        /// For a Warning event (e.g. why isolation was impossible).
+        warning: Option<String>,
+    },
+    /// The pod drains. `isolate` is set when it is not draining yet: remove these labels and
+    /// write this schedule (one patch). `spend_budget` names the budget to record the disruption
+    /// in, first. `warnings` go to Warning events.
+    Drain {
+        isolate: Option<(BTreeSet<String>, Schedule)>,
+        spend_budget: Option<String>,
+        delete_at: Timestamp,
+        answer: Answer,
+        warnings: Vec<String>,
+    },
+}
+
+fn pass(reason: PassReason) -> Decision {
+    Decision::Pass {
+        reason,
+        warning: None,
+    }
+}
+
+pub fn decide(
+    policy: &Policy,
+    request: &Request<'_>,
+    pod: &PodView<'_>,
+    facts: &Facts<'_>,
+    now: Timestamp,
+) -> Decision {
+    // 1. Untouched.
+    if request.dry_run {
+        return pass(PassReason::DryRun);
+    }
+    if policy.excluded_namespaces.contains(pod.namespace) {
+        return pass(PassReason::ExcludedNamespace);
+    }
+    if pod.namespace_terminating {
+        return pass(PassReason::TerminatingNamespace);
+    }
+    if request.user == policy.own_user {
+        return pass(PassReason::OwnRequest);
+    }
+    if pod.own {
+        return pass(PassReason::OwnPod);
+    }
+    if pod
+        .annotations
+        .get(schedule::OPT_OUT)
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+    {
+        return pass(PassReason::OptedOut);
+    }
+
+    // 2. Already draining: the same answer, delete-at unchanged.
+    if pod.labels.contains_key(schedule::DRAINING_LABEL)
+        || pod.annotations.contains_key(schedule::DELETE_AT)
+    {
+        let reading = schedule::read(pod.annotations, now, policy.bounds);
+        let warnings = match &reading {
+            Reading::Damaged { problems, .. } => problems.clone(),
+            Reading::Intact(_) => Vec::new(),
+        };
+        let delete_at = reading.delete_at();
+        return Decision::Drain {
+            isolate: None,
+            spend_budget: None,
+            delete_at,
+            answer: answer_for(policy, request, pod, delete_at, now),
+            warnings,
+        };
+    }
+
+    // 3. Only pods that serve traffic are drained.
+    let exposed = pod.phase == Some("Running")
+        && pod.ready
+        && !pod.terminating
+        && facts
+            .services
+            .iter()
+            .any(|s| s.selector.matches(pod.labels));
+    if !exposed {
+        return pass(PassReason::NotExposed);
+    }
+
+    // 4. An eviction the handler would refuse: change nothing, let it answer 429 itself.
+    let mut spend_budget = None;
+    if request.operation == Operation::Evict {
+        let state = eviction::PodState {
+            phase: pod.phase.map(str::to_string),
+            ready: pod.ready,
+            terminating: pod.terminating,
+        };
+        let budgets: Vec<eviction::Budget> = facts.budgets.iter().map(|(_, b)| b.clone()).collect();
+        match eviction::judge(&state, &budgets) {
+            Verdict::Refused { .. } => return pass(PassReason::BudgetRefuses),
+            Verdict::SpendsBudget { budget } => spend_budget = Some(budget),
+            Verdict::NoBudget | Verdict::UnhealthyWithinBudget { .. } | Verdict::SkipsBudgets => {}
+        }
+    }
+
+    // 5. Isolate and schedule.
+    let mut selecting: Vec<Selecting<'_>> = facts.services.clone();
+    selecting.extend(facts.controller.clone());
+    selecting.extend(facts.budgets.iter().map(|(s, _)| s.clone()));
+    let remove = match isolation::keys_to_remove(pod.labels, &selecting) {
+        Ok(keys) => keys,
+        Err(e) => {
+            return Decision::Pass {
+                reason: PassReason::CannotIsolate,
+                warning: Some(e.to_string()),
+            };
+        }
+    };
+    let (length, note) = schedule::drain_length(pod.annotations, policy.bounds);
+    let delete_at = now
+        .checked_add(SignedDuration::try_from(length).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(Timestamp::MAX);
+    let (reason, delete_options) = match &request.operation {
+        Operation::Delete(options) => (Reason::Delete, options.clone()),
+        Operation::Evict => (Reason::Eviction, SavedDeleteOptions::default()),
+    };
+    let schedule = Schedule {
+        started_at: now,
+        delete_at,
+        requested_by: request.user.to_string(),
+        reason,
+        delete_options,
+        traceparent: request.traceparent.clone(),
+        removed_labels: remove
+            .iter()
+            .filter_map(|k| Some((k.clone(), pod.labels.get(k)?.clone())))
+            .collect(),
+    };
+    Decision::Drain {
+        isolate: Some((remove, schedule)),
+        spend_budget,
+        delete_at,
+        answer: answer_for(policy, request, pod, delete_at, now),
+        warnings: note.into_iter().collect(),
+    }
+}
+
+/// The answer for a draining pod, the same on every repeat of the request.
+fn answer_for(
+    policy: &Policy,
+    request: &Request<'_>,
+    pod: &PodView<'_>,
+    delete_at: Timestamp,
+    now: Timestamp,
+) -> Answer {
+    if request.operation == Operation::Evict {
+        return Answer::EvictAsDryRun;
+    }
+    if delete_at <= now {
+        return Answer::Allow;
+    }
+    let draining = format!(
+        "pod {}/{} is draining: pod-graceful-drain took it out of its Services and its controller and will delete it at {delete_at}",
+        pod.namespace, pod.name
+    );
+    if policy.controller_users.contains(request.user) {
+        return Answer::Deny(format!(
+            "{draining}; a replacement can start now (requested by {})",
+            request.user
+        ));
+    }
+    let budget = SignedDuration::try_from(policy.hold_budget).unwrap_or(SignedDuration::ZERO);
+    let deadline = now.checked_add(budget).unwrap_or(Timestamp::MAX);
+    if delete_at <= deadline {
+        return Answer::HoldThenAllow { until: delete_at };
+    }
+    match policy.long_drain {
+        LongDrain::Allow => Answer::HoldThenAllow { until: deadline },
+        LongDrain::Deny => Answer::HoldThenDeny {
+            until: deadline,
+            message: format!(
+                "{draining}, which is later than this request can wait; nothing more to do: it will be deleted on time"
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

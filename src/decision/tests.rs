@@ -1,0 +1,451 @@
+//! One test per row of the state machine in the module's documentation.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use super::*;
+use crate::eviction::Budget;
+use crate::selector::Selector;
+
+const OWN: &str = "system:serviceaccount:pgd:pod-graceful-drain";
+const RS: &str = "system:serviceaccount:kube-system:replicaset-controller";
+const PERSON: &str = "jane@example.com";
+
+fn now() -> Timestamp {
+    "2026-11-25T10:00:00Z".parse().unwrap()
+}
+
+fn at(secs: i64) -> Timestamp {
+    now().checked_add(SignedDuration::from_secs(secs)).unwrap()
+}
+
+fn policy() -> Policy {
+    Policy {
+        excluded_namespaces: ["kube-system".to_string()].into(),
+        own_user: OWN.into(),
+        controller_users: [RS.to_string()].into(),
+        bounds: DrainBounds {
+            default: Duration::from_secs(20),
+            min: Duration::from_secs(5),
+            max: Duration::from_secs(600),
+        },
+        hold_budget: Duration::from_secs(25),
+        long_drain: LongDrain::Deny,
+    }
+}
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+struct World {
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    service: Selector,
+    rs: Selector,
+    pdb: Selector,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            labels: map(&[("app", "web"), ("pod-template-hash", "abc"), ("team", "a")]),
+            annotations: BTreeMap::new(),
+            service: Selector::from_service(Some(&map(&[("app", "web")]))).unwrap(),
+            rs: Selector::from_service(Some(&map(&[("app", "web"), ("pod-template-hash", "abc")])))
+                .unwrap(),
+            pdb: Selector::from_service(Some(&map(&[("app", "web")]))).unwrap(),
+        }
+    }
+
+    fn pod(&self) -> PodView<'_> {
+        PodView {
+            namespace: "shop",
+            name: "web-1",
+            phase: Some("Running"),
+            ready: true,
+            terminating: false,
+            labels: &self.labels,
+            annotations: &self.annotations,
+            own: false,
+            namespace_terminating: false,
+        }
+    }
+
+    fn facts(&self, allowed: Option<i32>) -> Facts<'_> {
+        Facts {
+            services: vec![Selecting {
+                what: "Service web".into(),
+                selector: &self.service,
+            }],
+            controller: Some(Selecting {
+                what: "ReplicaSet web-abc".into(),
+                selector: &self.rs,
+            }),
+            budgets: allowed
+                .map(|a| {
+                    vec![(
+                        Selecting {
+                            what: "PodDisruptionBudget web".into(),
+                            selector: &self.pdb,
+                        },
+                        Budget {
+                            name: "web".into(),
+                            generation: 1,
+                            observed_generation: 1,
+                            disruptions_allowed: a,
+                            current_healthy: 3,
+                            desired_healthy: 2,
+                            disrupted_pods: 0,
+                            always_allow_unhealthy: false,
+                        },
+                    )]
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
+fn delete(user: &str) -> Request<'_> {
+    Request {
+        operation: Operation::Delete(SavedDeleteOptions::default()),
+        dry_run: false,
+        user,
+        traceparent: None,
+    }
+}
+
+fn evict(user: &str) -> Request<'_> {
+    Request {
+        operation: Operation::Evict,
+        ..delete(user)
+    }
+}
+
+fn passes(d: &Decision) -> Option<PassReason> {
+    match d {
+        Decision::Pass { reason, .. } => Some(*reason),
+        Decision::Drain { .. } => None,
+    }
+}
+
+#[test]
+fn dry_run_passes() {
+    let w = World::new();
+    let r = Request {
+        dry_run: true,
+        ..delete(PERSON)
+    };
+    let d = decide(&policy(), &r, &w.pod(), &w.facts(None), now());
+    assert_eq!(passes(&d), Some(PassReason::DryRun));
+}
+
+#[test]
+fn excluded_and_terminating_namespaces_pass() {
+    let w = World::new();
+    let pod = PodView {
+        namespace: "kube-system",
+        ..w.pod()
+    };
+    let d = decide(&policy(), &delete(PERSON), &pod, &w.facts(None), now());
+    assert_eq!(passes(&d), Some(PassReason::ExcludedNamespace));
+    let pod = PodView {
+        namespace_terminating: true,
+        ..w.pod()
+    };
+    let d = decide(&policy(), &delete(PERSON), &pod, &w.facts(None), now());
+    assert_eq!(passes(&d), Some(PassReason::TerminatingNamespace));
+}
+
+#[test]
+fn own_requests_and_own_pods_pass() {
+    let w = World::new();
+    let d = decide(&policy(), &delete(OWN), &w.pod(), &w.facts(None), now());
+    assert_eq!(passes(&d), Some(PassReason::OwnRequest));
+    let pod = PodView {
+        own: true,
+        ..w.pod()
+    };
+    let d = decide(&policy(), &delete(PERSON), &pod, &w.facts(None), now());
+    assert_eq!(passes(&d), Some(PassReason::OwnPod));
+}
+
+#[test]
+fn opted_out_pods_pass() {
+    let mut w = World::new();
+    w.annotations = map(&[(schedule::OPT_OUT, "True")]);
+    let d = decide(&policy(), &delete(PERSON), &w.pod(), &w.facts(None), now());
+    assert_eq!(passes(&d), Some(PassReason::OptedOut));
+}
+
+#[test]
+fn pods_that_serve_no_traffic_pass() {
+    let w = World::new();
+    for pod in [
+        PodView {
+            ready: false,
+            ..w.pod()
+        },
+        PodView {
+            terminating: true,
+            ..w.pod()
+        },
+        PodView {
+            phase: Some("Pending"),
+            ..w.pod()
+        },
+        PodView {
+            phase: None,
+            ..w.pod()
+        },
+    ] {
+        let d = decide(&policy(), &delete(PERSON), &pod, &w.facts(None), now());
+        assert_eq!(passes(&d), Some(PassReason::NotExposed), "{pod:?}");
+    }
+    let no_service = Facts {
+        services: vec![],
+        ..w.facts(None)
+    };
+    let d = decide(&policy(), &delete(PERSON), &w.pod(), &no_service, now());
+    assert_eq!(passes(&d), Some(PassReason::NotExposed));
+}
+
+#[test]
+fn a_controller_delete_isolates_and_is_denied_at_once() {
+    let w = World::new();
+    let d = decide(&policy(), &delete(RS), &w.pod(), &w.facts(Some(1)), now());
+    let Decision::Drain {
+        isolate: Some((remove, schedule)),
+        spend_budget,
+        delete_at,
+        answer: Answer::Deny(message),
+        ..
+    } = d
+    else {
+        panic!("expected an isolating deny, got {d:?}")
+    };
+    assert_eq!(remove, BTreeSet::from(["app".to_string()]));
+    assert_eq!(schedule.removed_labels, map(&[("app", "web")]));
+    assert_eq!(schedule.requested_by, RS);
+    assert_eq!(schedule.reason, Reason::Delete);
+    assert_eq!(delete_at, at(20));
+    assert_eq!(spend_budget, None, "a DELETE never spends a budget");
+    assert!(message.contains("shop/web-1") && message.contains(&at(20).to_string()));
+}
+
+#[test]
+fn a_person_delete_is_held_until_delete_at_when_it_fits() {
+    let w = World::new();
+    let d = decide(&policy(), &delete(PERSON), &w.pod(), &w.facts(None), now());
+    assert!(matches!(
+        d,
+        Decision::Drain { isolate: Some(_), answer: Answer::HoldThenAllow { until }, .. } if until == at(20)
+    ));
+}
+
+#[test]
+fn a_long_drain_answers_at_the_deadline_deny_or_allow_as_configured() {
+    let mut w = World::new();
+    w.annotations = map(&[(schedule::DRAIN_SECONDS, "120")]);
+    let d = decide(&policy(), &delete(PERSON), &w.pod(), &w.facts(None), now());
+    let Decision::Drain {
+        delete_at,
+        answer: Answer::HoldThenDeny { until, message },
+        ..
+    } = d
+    else {
+        panic!("expected a deny at the deadline, got {d:?}")
+    };
+    assert_eq!((delete_at, until), (at(120), at(25)));
+    assert!(message.contains(&at(120).to_string()));
+    let allow = Policy {
+        long_drain: LongDrain::Allow,
+        ..policy()
+    };
+    let d = decide(&allow, &delete(PERSON), &w.pod(), &w.facts(None), now());
+    assert!(matches!(
+        d,
+        Decision::Drain { answer: Answer::HoldThenAllow { until }, .. } if until == at(25)
+    ));
+}
+
+#[test]
+fn an_eviction_within_budget_spends_it_isolates_and_becomes_a_dry_run() {
+    let w = World::new();
+    let d = decide(
+        &policy(),
+        &evict(PERSON),
+        &w.pod(),
+        &w.facts(Some(1)),
+        now(),
+    );
+    let Decision::Drain {
+        isolate: Some((remove, schedule)),
+        spend_budget: Some(budget),
+        answer: Answer::EvictAsDryRun,
+        ..
+    } = d
+    else {
+        panic!("expected an isolating dry-run eviction, got {d:?}")
+    };
+    assert_eq!(budget, "web");
+    assert_eq!(schedule.reason, Reason::Eviction);
+    // Out of the Service, the ReplicaSet and the budget with one key.
+    assert_eq!(remove, BTreeSet::from(["app".to_string()]));
+}
+
+#[test]
+fn an_eviction_without_budget_isolates_without_spending() {
+    let w = World::new();
+    let d = decide(&policy(), &evict(PERSON), &w.pod(), &w.facts(None), now());
+    assert!(matches!(
+        d,
+        Decision::Drain {
+            isolate: Some(_),
+            spend_budget: None,
+            answer: Answer::EvictAsDryRun,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn an_eviction_the_budget_forbids_passes_through_untouched() {
+    let w = World::new();
+    let d = decide(
+        &policy(),
+        &evict(PERSON),
+        &w.pod(),
+        &w.facts(Some(0)),
+        now(),
+    );
+    assert_eq!(passes(&d), Some(PassReason::BudgetRefuses));
+}
+
+#[test]
+fn a_draining_pod_gets_the_same_answer_and_delete_at_never_moves() {
+    let w = World::new();
+    let first = decide(&policy(), &delete(RS), &w.pod(), &w.facts(None), now());
+    let Decision::Drain {
+        isolate: Some((remove, schedule)),
+        ..
+    } = first
+    else {
+        panic!()
+    };
+    // The pod as it is after the isolating patch.
+    let mut after = World::new();
+    for k in &remove {
+        after.labels.remove(k);
+    }
+    after
+        .labels
+        .insert(schedule::DRAINING_LABEL.into(), "true".into());
+    after.annotations = schedule.to_annotations();
+    for (user, later) in [(RS, 5), (PERSON, 10)] {
+        let d = decide(
+            &policy(),
+            &delete(user),
+            &after.pod(),
+            &after.facts(None),
+            at(later),
+        );
+        let Decision::Drain {
+            isolate: None,
+            delete_at,
+            answer,
+            warnings,
+            ..
+        } = d
+        else {
+            panic!("expected the same drain, got {d:?}")
+        };
+        assert_eq!(delete_at, at(20));
+        assert!(warnings.is_empty());
+        match user {
+            RS => assert!(matches!(answer, Answer::Deny(_))),
+            _ => assert_eq!(answer, Answer::HoldThenAllow { until: at(20) }),
+        }
+    }
+    let d = decide(
+        &policy(),
+        &evict(PERSON),
+        &after.pod(),
+        &after.facts(Some(0)),
+        at(3),
+    );
+    assert!(matches!(
+        d,
+        Decision::Drain {
+            answer: Answer::EvictAsDryRun,
+            spend_budget: None,
+            ..
+        }
+    ));
+    // After delete-at, a DELETE is simply allowed.
+    let d = decide(
+        &policy(),
+        &delete(RS),
+        &after.pod(),
+        &after.facts(None),
+        at(21),
+    );
+    assert!(matches!(
+        d,
+        Decision::Drain {
+            answer: Answer::Allow,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_mangled_schedule_warns_and_falls_back_to_a_sane_time() {
+    let mut w = World::new();
+    w.labels
+        .insert(schedule::DRAINING_LABEL.into(), "true".into());
+    w.annotations = map(&[(schedule::DELETE_AT, "soon, promise")]);
+    let d = decide(&policy(), &delete(RS), &w.pod(), &w.facts(None), now());
+    let Decision::Drain {
+        delete_at,
+        warnings,
+        ..
+    } = d
+    else {
+        panic!("expected a drain, got {d:?}")
+    };
+    assert_eq!(
+        delete_at,
+        at(600),
+        "the maximum drain from now, at the latest"
+    );
+    assert!(!warnings.is_empty());
+}
+
+#[test]
+fn a_pod_that_cannot_be_isolated_passes_with_a_warning() {
+    let w = World::new();
+    let negative = Selector::from_label_selector(
+        &serde_json::from_value(serde_json::json!({
+            "matchExpressions": [{"key": "canary", "operator": "DoesNotExist"}]
+        }))
+        .unwrap(),
+    )
+    .unwrap()
+    .unwrap();
+    let mut facts = w.facts(None);
+    facts.services.push(Selecting {
+        what: "Service everything".into(),
+        selector: &negative,
+    });
+    let d = decide(&policy(), &delete(PERSON), &w.pod(), &facts, now());
+    assert!(matches!(
+        d,
+        Decision::Pass { reason: PassReason::CannotIsolate, warning: Some(ref w) } if w.contains("Service everything")
+    ));
+}
