@@ -111,6 +111,14 @@ pub enum Answer {
     EvictAsDryRun,
 }
 
+/// What to change on a pod that starts draining: remove these labels and write this schedule,
+/// in one patch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Isolation {
+    pub remove: BTreeSet<String>,
+    pub schedule: Schedule,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Pass {
@@ -118,11 +126,10 @@ pub enum Decision {
         /// For a Warning event (e.g. why isolation was impossible).
         warning: Option<String>,
     },
-    /// The pod drains. `isolate` is set when it is not draining yet: remove these labels and
-    /// write this schedule (one patch). `spend_budget` names the budget to record the disruption
-    /// in, first. `warnings` go to Warning events.
+    /// The pod drains. `isolate` is set when it is not draining yet. `spend_budget` names the
+    /// budget to record the disruption in, first. `warnings` go to Warning events.
     Drain {
-        isolate: Option<(BTreeSet<String>, Schedule)>,
+        isolate: Option<Box<Isolation>>,
         spend_budget: Option<String>,
         delete_at: Timestamp,
         answer: Answer,
@@ -249,7 +256,7 @@ pub fn decide(
             .collect(),
     };
     Decision::Drain {
-        isolate: Some((remove, schedule)),
+        isolate: Some(Box::new(Isolation { remove, schedule })),
         spend_budget,
         delete_at,
         answer: answer_for(policy, request, pod, delete_at, now),

@@ -220,7 +220,7 @@ fn a_controller_delete_isolates_and_is_denied_at_once() {
     let w = World::new();
     let d = decide(&policy(), &delete(RS), &w.pod(), &w.facts(Some(1)), now());
     let Decision::Drain {
-        isolate: Some((remove, schedule)),
+        isolate: Some(plan),
         spend_budget,
         delete_at,
         answer: Answer::Deny(message),
@@ -229,6 +229,7 @@ fn a_controller_delete_isolates_and_is_denied_at_once() {
     else {
         panic!("expected an isolating deny, got {d:?}")
     };
+    let Isolation { remove, schedule } = *plan;
     assert_eq!(remove, BTreeSet::from(["app".to_string()]));
     assert_eq!(schedule.removed_labels, map(&[("app", "web")]));
     assert_eq!(schedule.requested_by, RS);
@@ -285,7 +286,7 @@ fn an_eviction_within_budget_spends_it_isolates_and_becomes_a_dry_run() {
         now(),
     );
     let Decision::Drain {
-        isolate: Some((remove, schedule)),
+        isolate: Some(plan),
         spend_budget: Some(budget),
         answer: Answer::EvictAsDryRun,
         ..
@@ -293,6 +294,7 @@ fn an_eviction_within_budget_spends_it_isolates_and_becomes_a_dry_run() {
     else {
         panic!("expected an isolating dry-run eviction, got {d:?}")
     };
+    let Isolation { remove, schedule } = *plan;
     assert_eq!(budget, "web");
     assert_eq!(schedule.reason, Reason::Eviction);
     // Out of the Service, the ReplicaSet and the budget with one key.
@@ -332,12 +334,13 @@ fn a_draining_pod_gets_the_same_answer_and_delete_at_never_moves() {
     let w = World::new();
     let first = decide(&policy(), &delete(RS), &w.pod(), &w.facts(None), now());
     let Decision::Drain {
-        isolate: Some((remove, schedule)),
+        isolate: Some(plan),
         ..
     } = first
     else {
         panic!()
     };
+    let Isolation { remove, schedule } = *plan;
     // The pod as it is after the isolating patch.
     let mut after = World::new();
     for k in &remove {
