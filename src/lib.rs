@@ -5,5 +5,6 @@
 pub mod decision;
 pub mod eviction;
 pub mod isolation;
+pub mod review;
 pub mod schedule;
 pub mod selector;
