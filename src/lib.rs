@@ -4,6 +4,7 @@
 
 pub mod decision;
 pub mod eviction;
+pub mod facts;
 pub mod isolation;
 pub mod review;
 pub mod schedule;
