@@ -2,6 +2,7 @@
 //! them. The library holds the pure decision logic (no I/O), tested on its own; the binary wires
 //! it to the API server.
 
+pub mod config;
 pub mod decision;
 pub mod eviction;
 pub mod facts;

@@ -1,0 +1,248 @@
+//! The process's configuration: every flag also from the environment (`PGD_*`), validated once
+//! into the values the rest of the program uses.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::decision::{LongDrain, Policy};
+use crate::schedule::DrainBounds;
+
+/// The API server gives up on a webhook after at most 30 s; a held answer must come before that.
+pub const WEBHOOK_TIMEOUT_CEILING: Duration = Duration::from_secs(30);
+
+/// Users whose DELETEs are a controller's when kube-controller-manager runs with
+/// `--use-service-account-credentials` (each controller its own ServiceAccount), and the
+/// controller-manager's own identity when it does not.
+pub const DEFAULT_CONTROLLER_USERS: &str = "system:serviceaccount:kube-system:replicaset-controller,\
+system:serviceaccount:kube-system:statefulset-controller,\
+system:serviceaccount:kube-system:daemon-set-controller,\
+system:serviceaccount:kube-system:job-controller,\
+system:serviceaccount:kube-system:generic-garbage-collector,\
+system:serviceaccount:kube-system:cronjob-controller,\
+system:serviceaccount:kube-system:node-controller,\
+system:serviceaccount:kube-system:pod-garbage-collector,\
+system:kube-controller-manager";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnLongDrain {
+    Deny,
+    Allow,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "pod-graceful-drain",
+    version,
+    about = "Keeps deleted and evicted pods serving until load balancers have let go of them"
+)]
+pub struct Args {
+    /// HTTPS address of the admission webhook.
+    #[arg(long, env = "PGD_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
+    pub webhook_addr: SocketAddr,
+    /// Plain-HTTP address of /healthz and /readyz.
+    #[arg(long, env = "PGD_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
+    pub health_addr: SocketAddr,
+    /// Serving certificate (PEM), reloaded when the file changes.
+    #[arg(long, env = "PGD_TLS_CERT_FILE", default_value = "/tls/tls.crt")]
+    pub tls_cert_file: PathBuf,
+    /// Serving key (PEM), reloaded when the file changes.
+    #[arg(long, env = "PGD_TLS_KEY_FILE", default_value = "/tls/tls.key")]
+    pub tls_key_file: PathBuf,
+    /// Drain length when a pod does not ask for another, in seconds.
+    #[arg(long, env = "PGD_DRAIN_SECONDS", default_value_t = 90)]
+    pub drain_seconds: u64,
+    /// Shortest drain a pod may ask for (annotation pod-graceful-drain.io/drain-seconds).
+    #[arg(long, env = "PGD_DRAIN_MIN_SECONDS", default_value_t = 5)]
+    pub drain_min_seconds: u64,
+    /// Longest drain a pod may ask for; also the latest a pod with a mangled schedule lives.
+    #[arg(long, env = "PGD_DRAIN_MAX_SECONDS", default_value_t = 900)]
+    pub drain_max_seconds: u64,
+    /// How long a person's DELETE may be held before it is answered (below the webhook timeout).
+    #[arg(long, env = "PGD_HOLD_SECONDS", default_value_t = 25)]
+    pub hold_seconds: u64,
+    /// What a held DELETE is answered at the deadline when the drain is longer.
+    #[arg(long, env = "PGD_ON_LONG_DRAIN", value_enum, default_value = "deny")]
+    pub on_long_drain: OnLongDrain,
+    /// Namespaces never drained (comma-separated).
+    #[arg(
+        long,
+        env = "PGD_EXCLUDED_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system"
+    )]
+    pub excluded_namespaces: Vec<String>,
+    /// Users whose DELETEs are answered at once (comma-separated).
+    #[arg(long, env = "PGD_CONTROLLER_USERS", value_delimiter = ',', default_value = DEFAULT_CONTROLLER_USERS)]
+    pub controller_users: Vec<String>,
+    /// This process's own namespace (the Lease and the own-ServiceAccount check use it).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "pod-graceful-drain")]
+    pub namespace: String,
+    /// This process's ServiceAccount name.
+    #[arg(
+        long,
+        env = "PGD_SERVICE_ACCOUNT",
+        default_value = "pod-graceful-drain"
+    )]
+    pub service_account: String,
+    /// Identity in leader election (the pod name).
+    #[arg(long, env = "POD_NAME", default_value = "pod-graceful-drain")]
+    pub identity: String,
+    /// Name of the coordination.k8s.io Lease that elects the deleter.
+    #[arg(long, env = "PGD_LEASE_NAME", default_value = "pod-graceful-drain")]
+    pub lease_name: String,
+    /// Longest the deleter waits, past delete-at, for a pod to leave every EndpointSlice.
+    #[arg(long, env = "PGD_ENDPOINT_WAIT_MAX_SECONDS", default_value_t = 60)]
+    pub endpoint_wait_max_seconds: u64,
+    /// Log format.
+    #[arg(long, env = "PGD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "drain bounds must satisfy min <= default <= max, got {min} <= {default} <= {max} seconds"
+    )]
+    DrainBounds { min: u64, default: u64, max: u64 },
+    #[error(
+        "--hold-seconds must be at least 1 and below the 30 s webhook timeout ceiling, got {0}"
+    )]
+    Hold(u64),
+    #[error("--{0} must not be empty")]
+    Empty(&'static str),
+}
+
+impl Args {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let (min, default, max) = (
+            self.drain_min_seconds,
+            self.drain_seconds,
+            self.drain_max_seconds,
+        );
+        if !(min <= default && default <= max) || max == 0 {
+            return Err(ConfigError::DrainBounds { min, default, max });
+        }
+        if self.hold_seconds == 0 || self.hold_seconds >= WEBHOOK_TIMEOUT_CEILING.as_secs() {
+            return Err(ConfigError::Hold(self.hold_seconds));
+        }
+        for (name, value) in [
+            ("namespace", &self.namespace),
+            ("service-account", &self.service_account),
+            ("identity", &self.identity),
+            ("lease-name", &self.lease_name),
+        ] {
+            if value.trim().is_empty() {
+                return Err(ConfigError::Empty(name));
+            }
+        }
+        Ok(())
+    }
+
+    /// The user name this process's requests arrive with.
+    pub fn own_user(&self) -> String {
+        format!(
+            "system:serviceaccount:{}:{}",
+            self.namespace, self.service_account
+        )
+    }
+
+    pub fn policy(&self) -> Policy {
+        let set = |v: &[String]| -> BTreeSet<String> {
+            v.iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        Policy {
+            excluded_namespaces: set(&self.excluded_namespaces),
+            own_user: self.own_user(),
+            controller_users: set(&self.controller_users),
+            bounds: DrainBounds {
+                default: Duration::from_secs(self.drain_seconds),
+                min: Duration::from_secs(self.drain_min_seconds),
+                max: Duration::from_secs(self.drain_max_seconds),
+            },
+            hold_budget: Duration::from_secs(self.hold_seconds),
+            long_drain: match self.on_long_drain {
+                OnLongDrain::Deny => LongDrain::Deny,
+                OnLongDrain::Allow => LongDrain::Allow,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["pod-graceful-drain"];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_sensible() {
+        let a = args(&[]);
+        a.validate().unwrap();
+        let p = a.policy();
+        assert_eq!(p.bounds.default, Duration::from_secs(90));
+        assert!(p.excluded_namespaces.contains("kube-system"));
+        assert!(
+            p.controller_users
+                .contains("system:serviceaccount:kube-system:replicaset-controller")
+        );
+        assert_eq!(
+            p.own_user,
+            "system:serviceaccount:pod-graceful-drain:pod-graceful-drain"
+        );
+        assert_eq!(p.long_drain, LongDrain::Deny);
+    }
+
+    #[test]
+    fn lists_and_enums_parse() {
+        let a = args(&[
+            "--excluded-namespaces",
+            "kube-system, monitoring",
+            "--on-long-drain",
+            "allow",
+            "--log-format",
+            "json",
+        ]);
+        let p = a.policy();
+        assert_eq!(
+            p.excluded_namespaces,
+            BTreeSet::from(["kube-system".to_string(), "monitoring".to_string()])
+        );
+        assert_eq!(p.long_drain, LongDrain::Allow);
+        assert_eq!(a.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_clear_message() {
+        let e = args(&["--drain-seconds", "5", "--drain-min-seconds", "10"])
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("min <= default <= max"));
+        assert_eq!(
+            args(&["--hold-seconds", "30"]).validate(),
+            Err(ConfigError::Hold(30))
+        );
+        assert_eq!(
+            args(&["--namespace", " "]).validate(),
+            Err(ConfigError::Empty("namespace"))
+        );
+        assert!(Args::try_parse_from(["pgd", "--drain-seconds", "-1"]).is_err());
+        assert!(Args::try_parse_from(["pgd", "--on-long-drain", "maybe"]).is_err());
+    }
+}
