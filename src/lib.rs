@@ -7,6 +7,7 @@ pub mod decision;
 pub mod eviction;
 pub mod facts;
 pub mod isolation;
+pub mod pod_writes;
 pub mod review;
 pub mod schedule;
 pub mod selector;
