@@ -11,3 +11,4 @@ pub mod pod_writes;
 pub mod review;
 pub mod schedule;
 pub mod selector;
+pub mod tls;
