@@ -16,7 +16,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, Preconditions, PropagationPoli
 use serde_json::{Map, Value, json};
 
 use crate::decision::Isolation;
-use crate::schedule::{DRAINING_LABEL, SavedDeleteOptions};
+use crate::schedule::{DRAINING_LABEL, SavedDeleteOptions, Schedule};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -91,6 +91,28 @@ pub async fn isolate(
     classify(api.patch(name, &params, &Patch::Merge(&patch)).await)
 }
 
+/// Rewrites a damaged schedule (with the sane delete-at already chosen) on exactly the pod version
+/// that was read, so the next reader finds it intact and delete-at no longer moves.
+pub async fn rewrite_schedule(
+    api: &Api<Pod>,
+    name: &str,
+    version: &Version,
+    schedule: &Schedule,
+    field_manager: &str,
+) -> Result<Outcome, kube::Error> {
+    let annotations: Map<String, Value> = schedule
+        .to_annotations()
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    let patch = json!({"metadata": {"resourceVersion": version.resource_version, "annotations": annotations}});
+    let params = PatchParams {
+        field_manager: Some(field_manager.to_string()),
+        ..PatchParams::default()
+    };
+    classify(api.patch(name, &params, &Patch::Merge(&patch)).await)
+}
+
 /// Deletes exactly the pod version that was read, with the caller's saved options.
 pub async fn delete(
     api: &Api<Pod>,
@@ -120,7 +142,7 @@ pub async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::{Reason, Schedule};
+    use crate::schedule::Reason;
 
     #[test]
     fn the_patch_removes_labels_adds_the_schedule_and_carries_the_version() {

@@ -1,0 +1,272 @@
+//! One admission request, start to finish: parse, gather facts, decide (pure), act (budget,
+//! isolating patch, event), answer (at once, or held until delete-at). A conflict on any write
+//! re-reads the pod and decides again, so every replica may answer any request.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::{Api, ResourceExt};
+
+use crate::budget_writes::{self, Spent};
+use crate::cluster_view::ClusterView;
+use crate::decision::{
+    self, Answer, Decision, Facts, Operation, PassReason, PodView, Policy, Request,
+};
+use crate::events::Events;
+use crate::facts;
+use crate::isolation::Selecting;
+use crate::pod_writes::{self, Outcome, Version};
+use crate::review::{self, BadReview, Incoming, Reply};
+
+/// Label that marks the product's own pods (never drained).
+pub const OWN_POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "pod-graceful-drain");
+/// How many times a request re-reads and re-decides after a conflicting write.
+const ATTEMPTS: usize = 5;
+
+pub struct Admission {
+    pub policy: Policy,
+    pub view: ClusterView,
+    pub events: Events,
+    pub field_manager: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdmissionError {
+    #[error(transparent)]
+    Bad(#[from] BadReview),
+    #[error("Kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+}
+
+/// The HTTP answer: status and body.
+pub struct HttpAnswer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Admission {
+    /// Serves one request body. Never panics on input; a bad body is a 4xx with its reason.
+    pub async fn serve(&self, body: &[u8]) -> HttpAnswer {
+        let incoming = match review::parse(body) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(error = %e, "bad admission request");
+                return HttpAnswer {
+                    status: e.status(),
+                    body: e.to_string().into_bytes(),
+                };
+            }
+        };
+        let uid = incoming.caller().uid.clone();
+        let reply = match self.handle(&incoming).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                // The webhook is failurePolicy Ignore: an error lets the request through, which
+                // is also what we answer, so a broken API connection never blocks deletions.
+                tracing::error!(error = %e, uid, "could not process; letting the request through");
+                Reply::Allow
+            }
+        };
+        HttpAnswer {
+            status: 200,
+            body: review::respond(&uid, &reply),
+        }
+    }
+
+    async fn handle(&self, incoming: &Incoming) -> Result<Reply, AdmissionError> {
+        let caller = incoming.caller();
+        let (operation, mut pod, eviction_has_options) = match incoming {
+            Incoming::Delete { pod, options, .. } => {
+                (Operation::Delete(options.clone()), (**pod).clone(), false)
+            }
+            Incoming::Evict { eviction, .. } => {
+                if caller.dry_run {
+                    return Ok(Reply::Allow);
+                }
+                match self.view.pod(&caller.namespace, &caller.name).await? {
+                    Some(p) => (Operation::Evict, p, review::eviction_has_options(eviction)),
+                    // The eviction handler answers 404 itself.
+                    None => return Ok(Reply::Allow),
+                }
+            }
+        };
+        let request = Request {
+            operation,
+            dry_run: caller.dry_run,
+            user: &caller.user,
+            traceparent: None,
+        };
+        for _ in 0..ATTEMPTS {
+            match self.attempt(&request, &pod).await? {
+                Step::Answer(answer, delete_at) => {
+                    return Ok(self.finish(answer, delete_at, eviction_has_options).await);
+                }
+                Step::Reread => match self.view.pod(&caller.namespace, &caller.name).await? {
+                    Some(p) => pod = p,
+                    None => return Ok(Reply::Allow),
+                },
+                Step::Pass => return Ok(Reply::Allow),
+            }
+        }
+        tracing::warn!(pod = %caller.name, "pod kept changing under us; letting the request through");
+        Ok(Reply::Allow)
+    }
+
+    async fn attempt(&self, request: &Request<'_>, pod: &Pod) -> Result<Step, AdmissionError> {
+        let now = Timestamp::now();
+        let ns = pod.namespace().unwrap_or_default();
+        let name = pod.name_any();
+        let (phase, ready, terminating) = facts::pod_state(pod);
+        let labels = pod.labels();
+        let annotations = pod.annotations();
+        let own = labels.get(OWN_POD_LABEL.0).map(String::as_str) == Some(OWN_POD_LABEL.1);
+        // Only pods that could be drained cost API calls.
+        let cheap_pass = request.dry_run || !ready || terminating || phase != Some("Running");
+        let (surroundings, ns_terminating) = if cheap_pass {
+            (None, false)
+        } else {
+            (
+                Some(self.view.surroundings(pod).await?),
+                self.view.namespace_terminating(&ns).await?,
+            )
+        };
+        let facts = match &surroundings {
+            None => Facts::default(),
+            Some(s) => Facts {
+                services: s
+                    .services
+                    .iter()
+                    .map(|(what, sel)| Selecting {
+                        what: what.clone(),
+                        selector: sel,
+                    })
+                    .collect(),
+                controller: s.controller.as_ref().map(|(what, sel)| Selecting {
+                    what: what.clone(),
+                    selector: sel,
+                }),
+                budgets: s
+                    .budgets
+                    .iter()
+                    .map(|(what, sel, b)| {
+                        (
+                            Selecting {
+                                what: what.clone(),
+                                selector: sel,
+                            },
+                            b.clone(),
+                        )
+                    })
+                    .collect(),
+            },
+        };
+        let view = PodView {
+            namespace: &ns,
+            name: &name,
+            phase,
+            ready,
+            terminating,
+            labels,
+            annotations,
+            own,
+            namespace_terminating: ns_terminating,
+        };
+        match decision::decide(&self.policy, request, &view, &facts, now) {
+            Decision::Pass { reason, warning } => {
+                if let Some(w) = warning {
+                    self.events.publish(pod, true, "CannotDrain", w).await;
+                }
+                if !matches!(reason, PassReason::DryRun | PassReason::NotExposed) {
+                    tracing::debug!(pod = %name, ?reason, "passing through");
+                }
+                Ok(Step::Pass)
+            }
+            Decision::Drain {
+                isolate,
+                spend_budget,
+                delete_at,
+                answer,
+                warnings,
+            } => {
+                for w in warnings {
+                    self.events
+                        .publish(pod, true, "DrainScheduleRepaired", w)
+                        .await;
+                }
+                if let Some(budget) = spend_budget {
+                    let api: Api<PodDisruptionBudget> =
+                        Api::namespaced(self.view.client().clone(), &ns);
+                    match budget_writes::record_disruption(&api, &budget, &name, now).await? {
+                        Spent::Recorded | Spent::Gone => {}
+                        // Someone spent it first: leave it to the eviction handler to refuse.
+                        Spent::Refused(_) => return Ok(Step::Pass),
+                    }
+                }
+                if let Some(plan) = isolate {
+                    let Some(version) = Version::of(pod) else {
+                        return Ok(Step::Pass);
+                    };
+                    let api: Api<Pod> = Api::namespaced(self.view.client().clone(), &ns);
+                    match pod_writes::isolate(&api, &name, &version, &plan, &self.field_manager)
+                        .await?
+                    {
+                        Outcome::Done => {
+                            tracing::info!(pod = %name, namespace = %ns, user = request.user, %delete_at, removed = ?plan.remove, "draining");
+                            self.events
+                                .publish(
+                                    pod,
+                                    false,
+                                    "Draining",
+                                    format!(
+                                        "Taken out of its Services and controller (labels {:?} removed, kept in {}); deleted at {delete_at}; requested by {}",
+                                        plan.remove,
+                                        crate::schedule::REMOVED_LABELS,
+                                        request.user
+                                    ),
+                                )
+                                .await;
+                        }
+                        Outcome::Gone => return Ok(Step::Pass),
+                        Outcome::Conflict => return Ok(Step::Reread),
+                    }
+                }
+                Ok(Step::Answer(answer, delete_at))
+            }
+        }
+    }
+
+    /// Turns the answer into a reply, holding it when asked to.
+    async fn finish(&self, answer: Answer, delete_at: Timestamp, has_options: bool) -> Reply {
+        match answer {
+            Answer::Deny(message) => Reply::Deny { code: 403, message },
+            Answer::Allow => Reply::Allow,
+            Answer::EvictAsDryRun => Reply::EvictionDryRun {
+                eviction_has_options: has_options,
+            },
+            Answer::HoldThenAllow { until } => {
+                hold_until(until).await;
+                Reply::Allow
+            }
+            Answer::HoldThenDeny { until, message } => {
+                hold_until(until).await;
+                tracing::info!(%delete_at, "held request answered at its deadline");
+                Reply::Deny { code: 403, message }
+            }
+        }
+    }
+}
+
+enum Step {
+    Answer(Answer, Timestamp),
+    Reread,
+    Pass,
+}
+
+async fn hold_until(until: Timestamp) {
+    let wait = until.duration_since(Timestamp::now());
+    if wait.is_positive() {
+        tokio::time::sleep(Duration::try_from(wait).unwrap_or_default()).await;
+    }
+}

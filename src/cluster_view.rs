@@ -1,0 +1,177 @@
+//! What the webhook knows of the cluster beyond the request: Services and PodDisruptionBudgets
+//! from watch caches (selectors and status only: managed fields and everything else that is not
+//! read are dropped), the rest (the pod of an eviction, its controller, its namespace) read on
+//! demand, since only requests for pods that serve traffic need them.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+
+use crate::eviction::Budget;
+use crate::facts;
+use crate::selector::Selector;
+
+#[derive(Clone)]
+pub struct ClusterView {
+    client: Client,
+    services: Store<Service>,
+    budgets: Store<PodDisruptionBudget>,
+}
+
+/// Selectors and budgets that concern one pod, owned so that the decision can borrow them.
+pub struct PodSurroundings {
+    pub services: Vec<(String, Selector)>,
+    pub controller: Option<(String, Selector)>,
+    pub budgets: Vec<(String, Selector, Budget)>,
+}
+
+impl ClusterView {
+    /// Starts the watch caches; they are usable once [`ClusterView::ready`] returns.
+    pub fn start(client: Client) -> ClusterView {
+        let (services, writer) = reflector::store();
+        let stream = watcher(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(|s: &mut Service| {
+            s.managed_fields_mut().clear();
+            s.annotations_mut().clear();
+            s.status = None;
+        })
+        .reflect(writer)
+        .for_each(|_| futures::future::ready(()));
+        tokio::spawn(stream);
+        let (budgets, writer) = reflector::store();
+        let stream = watcher(
+            Api::<PodDisruptionBudget>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(|p: &mut PodDisruptionBudget| {
+            p.managed_fields_mut().clear();
+            p.annotations_mut().clear();
+        })
+        .reflect(writer)
+        .for_each(|_| futures::future::ready(()));
+        tokio::spawn(stream);
+        ClusterView {
+            client,
+            services,
+            budgets,
+        }
+    }
+
+    /// Waits until both caches hold a complete first listing.
+    pub async fn ready(&self) {
+        let _ = self.services.wait_until_ready().await;
+        let _ = self.budgets.wait_until_ready().await;
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Services of the pod's namespace whose selector matches the pod now.
+    pub fn selecting_services(&self, pod: &Pod) -> Vec<(String, Selector)> {
+        let ns = pod.namespace().unwrap_or_default();
+        let labels = pod.labels();
+        self.services
+            .state()
+            .iter()
+            .filter(|s| s.namespace().as_deref() == Some(ns.as_str()))
+            .filter_map(|s| {
+                Some((
+                    format!("Service {}", s.name_any()),
+                    facts::service_selector(s)?,
+                ))
+            })
+            .filter(|(_, sel)| sel.matches(labels))
+            .collect()
+    }
+
+    /// Budgets of the pod's namespace whose selector matches the pod now.
+    pub fn selecting_budgets(&self, pod: &Pod) -> Vec<(String, Selector, Budget)> {
+        let ns = pod.namespace().unwrap_or_default();
+        let labels = pod.labels();
+        self.budgets
+            .state()
+            .iter()
+            .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
+            .filter_map(|p| {
+                let (sel, budget) = facts::budget(p)?;
+                Some((format!("PodDisruptionBudget {}", p.name_any()), sel, budget))
+            })
+            .filter(|(_, sel, _)| sel.matches(labels))
+            .collect()
+    }
+
+    /// The selector of the pod's controller (ReplicaSet, StatefulSet, DaemonSet, Job), read now.
+    pub async fn controller(&self, pod: &Pod) -> Result<Option<(String, Selector)>, kube::Error> {
+        let Some((kind, name)) = facts::controller_ref(pod) else {
+            return Ok(None);
+        };
+        let ns = pod.namespace().unwrap_or_default();
+        let c = self.client.clone();
+        let selector: Option<LabelSelector> = match kind {
+            "ReplicaSet" => Api::<ReplicaSet>::namespaced(c, &ns)
+                .get_opt(name)
+                .await?
+                .and_then(|o| o.spec)
+                .map(|s| s.selector),
+            "StatefulSet" => Api::<StatefulSet>::namespaced(c, &ns)
+                .get_opt(name)
+                .await?
+                .and_then(|o| o.spec)
+                .map(|s| s.selector),
+            "DaemonSet" => Api::<DaemonSet>::namespaced(c, &ns)
+                .get_opt(name)
+                .await?
+                .and_then(|o| o.spec)
+                .map(|s| s.selector),
+            "Job" => Api::<Job>::namespaced(c, &ns)
+                .get_opt(name)
+                .await?
+                .and_then(|o| o.spec)
+                .and_then(|s| s.selector),
+            _ => None,
+        };
+        Ok(selector
+            .and_then(|s| facts::controller_selector(&s).ok().flatten())
+            .map(|s| (format!("{kind} {name}"), s)))
+    }
+
+    /// Everything that selects the pod.
+    pub async fn surroundings(&self, pod: &Pod) -> Result<PodSurroundings, kube::Error> {
+        Ok(PodSurroundings {
+            services: self.selecting_services(pod),
+            controller: self.controller(pod).await?,
+            budgets: self.selecting_budgets(pod),
+        })
+    }
+
+    /// Whether the namespace is being deleted (then its pods are let go at once).
+    pub async fn namespace_terminating(&self, ns: &str) -> Result<bool, kube::Error> {
+        Ok(Api::<Namespace>::all(self.client.clone())
+            .get_opt(ns)
+            .await?
+            .is_none_or(|n| n.metadata.deletion_timestamp.is_some()))
+    }
+
+    pub async fn pod(&self, ns: &str, name: &str) -> Result<Option<Pod>, kube::Error> {
+        Api::<Pod>::namespaced(self.client.clone(), ns)
+            .get_opt(name)
+            .await
+    }
+}
+
+/// Shared handle.
+pub type SharedView = Arc<ClusterView>;

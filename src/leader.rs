@@ -1,0 +1,96 @@
+//! Leader election on a coordination.k8s.io Lease (crate `kube-leader-election`). Only the leader
+//! runs the deleter. The crate can briefly let two replicas believe they lead (it takes an expired
+//! Lease with an unconditional patch), so leadership here is only a gate for *trying*: every delete
+//! is still guarded by uid and resourceVersion preconditions.
+//!
+//! A replica counts itself leader only until the Lease it last renewed would expire (measured from
+//! before the renewing request was sent), so a replica cut off from the API server stops deleting
+//! on its own, before another can take over.
+
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
+use tokio::sync::watch;
+
+/// Who may delete, and until when.
+#[derive(Clone)]
+pub struct Leadership {
+    until: watch::Receiver<Option<Instant>>,
+}
+
+impl Leadership {
+    pub fn is_leading(&self) -> bool {
+        matches!(*self.until.borrow(), Some(t) if Instant::now() < t)
+    }
+
+    /// Resolves when leadership may have changed.
+    pub async fn changed(&mut self) {
+        let _ = self.until.changed().await;
+    }
+}
+
+pub struct Election {
+    pub namespace: String,
+    pub lease_name: String,
+    pub identity: String,
+    pub ttl: Duration,
+}
+
+impl Election {
+    /// Runs the election until `shutdown` turns true, then gives the Lease up (so the next leader
+    /// starts at once instead of waiting for it to expire).
+    pub fn start(self, client: Client, mut shutdown: watch::Receiver<bool>) -> Leadership {
+        let (tx, rx) = watch::channel(None);
+        let lock = LeaseLock::new(
+            client,
+            &self.namespace,
+            LeaseLockParams {
+                holder_id: self.identity.clone(),
+                lease_name: self.lease_name.clone(),
+                lease_ttl: self.ttl,
+            },
+        );
+        let period = self.ttl / 3;
+        // Stop counting on the Lease a little before it expires for everyone else.
+        let margin = self.ttl / 5;
+        tokio::spawn(async move {
+            let mut was_leading = false;
+            loop {
+                let sent = Instant::now();
+                match lock.try_acquire_or_renew().await {
+                    Ok(LeaseLockResult::Acquired(_)) => {
+                        if !was_leading {
+                            tracing::info!(identity = %self.identity, "leading: the deleter runs here");
+                        }
+                        was_leading = true;
+                        let _ = tx.send(Some(sent + self.ttl - margin));
+                    }
+                    Ok(LeaseLockResult::NotAcquired(_)) => {
+                        if was_leading {
+                            tracing::warn!("lost the lease: the deleter stops here");
+                        }
+                        was_leading = false;
+                        let _ = tx.send(None);
+                    }
+                    // Keep the last deadline: it expires by itself if renewals keep failing.
+                    Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => {}
+                    _ = shutdown.changed() => {
+                        let _ = tx.send(None);
+                        if was_leading {
+                            match lock.step_down().await {
+                                Ok(()) => tracing::info!("lease released"),
+                                Err(e) => tracing::warn!(error = %e, "could not release the lease"),
+                            }
+                        }
+                        return;
+                    }
+                }
+            }
+        });
+        Leadership { until: rx }
+    }
+}
