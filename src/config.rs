@@ -100,6 +100,12 @@ pub struct Args {
     /// Name of the coordination.k8s.io Lease that elects the deleter.
     #[arg(long, env = "PGD_LEASE_NAME", default_value = "pod-graceful-drain")]
     pub lease_name: String,
+    /// Lease duration of the leader election, in seconds.
+    #[arg(long, env = "PGD_LEASE_SECONDS", default_value_t = 15)]
+    pub lease_seconds: u64,
+    /// After SIGTERM: how long to keep answering while not ready (our own endpoints drain).
+    #[arg(long, env = "PGD_SHUTDOWN_GRACE_SECONDS", default_value_t = 5)]
+    pub shutdown_grace_seconds: u64,
     /// Longest the deleter waits, past delete-at, for a pod to leave every EndpointSlice.
     #[arg(long, env = "PGD_ENDPOINT_WAIT_MAX_SECONDS", default_value_t = 60)]
     pub endpoint_wait_max_seconds: u64,
@@ -118,6 +124,8 @@ pub enum ConfigError {
         "--hold-seconds must be at least 1 and below the 30 s webhook timeout ceiling, got {0}"
     )]
     Hold(u64),
+    #[error("--lease-seconds must be at least 3, got {0}")]
+    Lease(u64),
     #[error("--{0} must not be empty")]
     Empty(&'static str),
 }
@@ -131,6 +139,9 @@ impl Args {
         );
         if !(min <= default && default <= max) || max == 0 {
             return Err(ConfigError::DrainBounds { min, default, max });
+        }
+        if self.lease_seconds < 3 {
+            return Err(ConfigError::Lease(self.lease_seconds));
         }
         if self.hold_seconds == 0 || self.hold_seconds >= WEBHOOK_TIMEOUT_CEILING.as_secs() {
             return Err(ConfigError::Hold(self.hold_seconds));

@@ -1,6 +1,10 @@
 //! pod-graceful-drain: keeps deleted and evicted pods serving until load balancers have let go of
-//! them. The library holds the pure decision logic (no I/O), tested on its own; the binary wires
-//! it to the API server.
+//! them.
+//!
+//! Pure (no I/O, unit-tested): `selector`, `isolation`, `eviction`, `schedule`, `facts`,
+//! `decision`, `review`, `config`. Edges (Kubernetes and network): `cluster_view`, `pod_writes`,
+//! `budget_writes`, `events`, `admission`, `leader`, `deleter`, `tls`, `server`, `telemetry`.
+//! A request flows one way: HTTP → review → cluster_view → decision → pod_writes/events → answer.
 
 pub mod admission;
 pub mod budget_writes;
@@ -17,4 +21,6 @@ pub mod pod_writes;
 pub mod review;
 pub mod schedule;
 pub mod selector;
+pub mod server;
+pub mod telemetry;
 pub mod tls;

@@ -1,19 +1,104 @@
 //! pod-graceful-drain: keeps deleted and evicted pods serving until load balancers have let go of
-//! them. The decision logic, its inputs and the AdmissionReview edge live in the library; the
-//! server, the leader's deleter and their wiring are still to come (issue 4), so for now the binary
-//! validates its configuration, prints the policy it would apply and exits.
+//! them. Wires the pieces: configuration, telemetry, caches, the admission server (every
+//! replica), the election and the deleter (the leader only), and a graceful SIGTERM.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum_server::tls_rustls::RustlsConfig;
 use clap::Parser;
+use pod_graceful_drain::admission::Admission;
+use pod_graceful_drain::cluster_view::ClusterView;
 use pod_graceful_drain::config::Args;
+use pod_graceful_drain::deleter::Deleter;
+use pod_graceful_drain::events::Events;
+use pod_graceful_drain::leader::Election;
+use pod_graceful_drain::server::{self, Readiness};
+use pod_graceful_drain::telemetry;
+use pod_graceful_drain::tls::ReloadingCert;
+use tokio::sync::watch;
 
-fn main() -> std::process::ExitCode {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
-    if let Err(e) = args.validate() {
-        eprintln!("pod-graceful-drain: invalid configuration: {e}");
-        return std::process::ExitCode::from(2);
+    args.validate().context("invalid configuration")?;
+    telemetry::init(args.log_format);
+    run(args).await
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let ready = Readiness::default();
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    tokio::spawn(server::serve_health(args.health_addr, ready.clone()));
+
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let cert = ReloadingCert::load(&args.tls_cert_file, &args.tls_key_file)
+        .context("loading the serving certificate")?;
+    cert.clone().watch(Duration::from_secs(2));
+    let tls = RustlsConfig::from_config(Arc::new(cert.server_config()?));
+
+    let view = ClusterView::start(client.clone());
+    let events = Events::new(client.clone(), &args.identity);
+    let admission = Arc::new(Admission {
+        policy: args.policy(),
+        view: view.clone(),
+        events: events.clone(),
+        field_manager: "pod-graceful-drain".into(),
+    });
+    let leadership = Election {
+        namespace: args.namespace.clone(),
+        lease_name: args.lease_name.clone(),
+        identity: args.identity.clone(),
+        ttl: Duration::from_secs(args.lease_seconds),
     }
-    println!("pod-graceful-drain {}", env!("CARGO_PKG_VERSION"));
-    println!("{:#?}", args.policy());
-    eprintln!("pod-graceful-drain: the admission server is not implemented yet; exiting");
-    std::process::ExitCode::SUCCESS
+    .start(client.clone(), shutdown.clone());
+    let deleter = Deleter {
+        client: client.clone(),
+        leadership,
+        events,
+        bounds: args.policy().bounds,
+        endpoint_wait_max: Duration::from_secs(args.endpoint_wait_max_seconds),
+        field_manager: "pod-graceful-drain".into(),
+    };
+    let deleter = tokio::spawn(deleter.run(shutdown.clone()));
+
+    let handle = axum_server::Handle::new();
+    let server = axum_server::bind_rustls(args.webhook_addr, tls)
+        .handle(handle.clone())
+        .serve(server::webhook_router(admission).into_make_service());
+    let server = tokio::spawn(server);
+    view.ready().await;
+    ready.set(true);
+    tracing::info!(addr = %args.webhook_addr, identity = %args.identity, "serving admission reviews");
+
+    shutdown_signal().await;
+    // Stop being ready at once, keep answering while our own endpoints drain, then stop accepting
+    // and let held requests finish.
+    ready.set(false);
+    tracing::info!(
+        grace_s = args.shutdown_grace_seconds,
+        "SIGTERM: draining our own endpoints"
+    );
+    tokio::time::sleep(Duration::from_secs(args.shutdown_grace_seconds)).await;
+    handle.graceful_shutdown(Some(Duration::from_secs(args.hold_seconds + 5)));
+    let _ = shutdown_tx.send(true);
+    let _ = server.await;
+    let _ = deleter.await;
+    // Give the election task a moment to release the Lease.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
