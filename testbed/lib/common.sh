@@ -7,7 +7,7 @@
 KUBE_VERSION="${KUBE_VERSION:-v1.35.4}"     # 1.35 is the last line that runs on cgroup v1 + containerd 1.x
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
-DEBIAN_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack iproute2 openssl curl util-linux kmod)
+DEBIAN_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack iproute2 openssl curl util-linux kmod file)
 
 TESTBED_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REPO_DIR="$(cd "$TESTBED_DIR/.." && pwd)"

@@ -12,6 +12,7 @@ pub mod fetch;
 mod namespace;
 mod netns;
 pub mod objects;
+pub mod product;
 pub mod wait;
 
 pub use cluster::{Target, kubectl, nodes_ready_schedulable, target};

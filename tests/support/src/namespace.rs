@@ -75,6 +75,19 @@ impl TestEnv {
 }
 
 impl TestEnv {
+    /// Adds a label to the test's namespace.
+    pub async fn label_namespace(&self, key: &str, value: &str) -> Result<()> {
+        use kube::api::{Patch, PatchParams};
+        Api::<Namespace>::all(self.client.clone())
+            .patch(
+                &self.namespace,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {key: value}}})),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// `http://<ClusterIP>/` of a Service in the test's namespace, once its EndpointSlices list
     /// `ready_endpoints` ready endpoints.
     pub async fn service_url(&self, service: &str, ready_endpoints: usize) -> Result<String> {

@@ -1,0 +1,199 @@
+//! pod-graceful-drain from its image on the testbed, end to end: a rollout leaves every old pod
+//! serving until its delete-at and the deleter removes it on time, without slowing the rollout;
+//! a person's `kubectl delete` is held and exits 0.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use pgd_testbed::product::{Install, Options};
+use pgd_testbed::wait::{self, conditions};
+use pgd_testbed::{TestEnv, kubectl, objects};
+use pod_graceful_drain::schedule;
+use serde_json::json;
+
+/// Deploys `web` (3 replicas + Service), restarts it, and returns the old pods and the rollout's
+/// wall time.
+async fn rollout(env: &TestEnv) -> anyhow::Result<(Vec<Pod>, Duration)> {
+    env.api::<Service>()
+        .create(&PostParams::default(), &objects::service("web"))
+        .await?;
+    let deployments: Api<Deployment> = env.api();
+    deployments
+        .create(&PostParams::default(), &objects::demo_deployment("web", 3))
+        .await?;
+    wait::until(
+        &deployments,
+        "web",
+        "web Available",
+        Duration::from_secs(90),
+        conditions::deployment_complete,
+    )
+    .await?;
+    let pods: Api<Pod> = env.api();
+    let old = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await?
+        .items;
+    let started = Instant::now();
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
+                "kubectl.kubernetes.io/restartedAt": Timestamp::now().to_string()
+            }}}}})),
+        )
+        .await?;
+    let gen_before = deployments.get("web").await?.metadata.generation;
+    wait::until(
+        &deployments,
+        "web",
+        "the rollout to complete",
+        Duration::from_secs(120),
+        move |d: Option<&Deployment>| {
+            d.is_some_and(|d| {
+                d.metadata.generation >= gen_before
+                    && d.status.as_ref().and_then(|s| s.observed_generation) >= gen_before
+                    && conditions::deployment_complete(Some(d))
+            })
+        },
+    )
+    .await?;
+    Ok((old, started.elapsed()))
+}
+
+#[tokio::test]
+async fn rollout_keeps_old_pods_serving_until_delete_at_without_slowing_down() -> anyhow::Result<()>
+{
+    // Baseline: the same rollout with no webhook.
+    let plain = TestEnv::new("rollout-plain").await?;
+    let (_, plain_time) = rollout(&plain).await?;
+
+    let env = TestEnv::new("rollout").await?;
+    let _install = Install::new(&env, Options::default()).await?;
+    let (old, with_time) = rollout(&env).await?;
+    eprintln!("rollout of 3 replicas: {plain_time:?} without the webhook, {with_time:?} with it");
+    assert!(
+        with_time <= plain_time * 2 + Duration::from_secs(3),
+        "the webhook slowed the rollout: {with_time:?} vs {plain_time:?}"
+    );
+
+    // Every old pod is still there, out of the Service and serving, with its schedule.
+    let pods: Api<Pod> = env.api();
+    let mut delete_at: BTreeMap<String, Timestamp> = BTreeMap::new();
+    for p in &old {
+        let now = pods.get(&p.name_any()).await?;
+        assert_eq!(now.uid(), p.uid(), "{} was replaced", p.name_any());
+        assert!(
+            now.labels().contains_key(schedule::DRAINING_LABEL),
+            "{} is not draining: {:?}",
+            p.name_any(),
+            now.labels()
+        );
+        assert!(
+            now.metadata.deletion_timestamp.is_none(),
+            "{} is already terminating",
+            p.name_any()
+        );
+        assert!(
+            conditions::pod_ready(&now),
+            "{} stopped serving",
+            p.name_any()
+        );
+        let at: Timestamp = now.annotations()[schedule::DELETE_AT].parse()?;
+        delete_at.insert(p.uid().unwrap(), at);
+    }
+
+    // The deleter removes each at its delete-at: not before, and within a few seconds after.
+    let uids: Vec<String> = delete_at.keys().cloned().collect();
+    let mut seen_gone: BTreeMap<String, Timestamp> = BTreeMap::new();
+    wait::until_list(
+        &pods,
+        watcher::Config::default(),
+        "the old pods to be deleted",
+        Duration::from_secs(60),
+        |ps: &[Pod]| {
+            let now = Timestamp::now();
+            for uid in &uids {
+                let terminating_or_gone = ps
+                    .iter()
+                    .find(|p| p.uid().as_ref() == Some(uid))
+                    .is_none_or(|p| p.metadata.deletion_timestamp.is_some());
+                if terminating_or_gone {
+                    seen_gone.entry(uid.clone()).or_insert(now);
+                }
+            }
+            seen_gone.len() == uids.len()
+        },
+    )
+    .await?;
+    for (uid, at) in &delete_at {
+        let gone = seen_gone[uid];
+        let late = gone.duration_since(*at);
+        eprintln!(
+            "pod {uid}: delete started {} ms after its delete-at",
+            late.as_millis()
+        );
+        assert!(
+            late.as_millis() >= -500,
+            "deleted {} ms before its delete-at",
+            -late.as_millis()
+        );
+        assert!(late.as_secs() < 5, "deleted {} ms late", late.as_millis());
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_persons_delete_is_held_and_exits_zero() -> anyhow::Result<()> {
+    let env = TestEnv::new("held").await?;
+    let _install = Install::new(&env, Options::default()).await?;
+    env.api::<Service>()
+        .create(&PostParams::default(), &objects::service("web"))
+        .await?;
+    let deployments: Api<Deployment> = env.api();
+    deployments
+        .create(&PostParams::default(), &objects::demo_deployment("web", 2))
+        .await?;
+    wait::until(
+        &deployments,
+        "web",
+        "web Available",
+        Duration::from_secs(90),
+        conditions::deployment_complete,
+    )
+    .await?;
+    let pods: Api<Pod> = env.api();
+    let victim = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await?
+        .items[0]
+        .name_any();
+    let started = Instant::now();
+    let out = kubectl(env.target)
+        .args([
+            "-n",
+            &env.namespace,
+            "delete",
+            "pod",
+            &victim,
+            "--wait=false",
+        ])
+        .output()?;
+    let held = started.elapsed();
+    assert!(
+        out.status.success(),
+        "kubectl delete failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("kubectl delete returned after {held:?} (drain 8 s)");
+    assert!(held >= Duration::from_secs(6), "not held: {held:?}");
+    assert!(held < Duration::from_secs(20), "held too long: {held:?}");
+    Ok(())
+}
