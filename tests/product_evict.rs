@@ -1,0 +1,230 @@
+//! Evictions (what `kubectl drain` and autoscalers send) through pod-graceful-drain: an allowed
+//! eviction isolates the pod, spends the budget exactly as the API server would and succeeds while
+//! the pod keeps serving until its delete-at; a forbidden one is refused with 429 untouched; ten
+//! parallel evictions against a budget of one disrupt exactly one pod. Pods that are not exposed,
+//! dry-runs and opted-out pods pass at once.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use pgd_testbed::product::{Install, Options};
+use pgd_testbed::wait::{self, conditions};
+use pgd_testbed::{TestEnv, objects};
+use pod_graceful_drain::schedule;
+use serde_json::json;
+
+async fn app(env: &TestEnv, replicas: i32, budget: serde_json::Value) -> anyhow::Result<Vec<Pod>> {
+    let pp = PostParams::default();
+    env.api::<Service>()
+        .create(&pp, &objects::service("web"))
+        .await?;
+    let pdbs: Api<PodDisruptionBudget> = env.api();
+    pdbs.create(&pp, &objects::pdb("web", budget)).await?;
+    let deployments: Api<Deployment> = env.api();
+    deployments
+        .create(&pp, &objects::demo_deployment("web", replicas))
+        .await?;
+    wait::until(
+        &deployments,
+        "web",
+        "web Available",
+        Duration::from_secs(90),
+        conditions::deployment_complete,
+    )
+    .await?;
+    wait::until(
+        &pdbs,
+        "web",
+        "the budget to be current",
+        Duration::from_secs(60),
+        move |p: Option<&PodDisruptionBudget>| {
+            p.and_then(|p| Some((p.metadata.generation, p.status.as_ref()?)))
+                .is_some_and(|(g, s)| s.observed_generation == g && s.current_healthy == replicas)
+        },
+    )
+    .await?;
+    Ok(env
+        .api::<Pod>()
+        .list(&ListParams::default().labels("app=web"))
+        .await?
+        .items)
+}
+
+fn draining(p: &Pod) -> bool {
+    p.labels().contains_key(schedule::DRAINING_LABEL)
+}
+
+#[tokio::test]
+async fn an_allowed_eviction_isolates_spends_the_budget_and_keeps_the_pod_serving()
+-> anyhow::Result<()> {
+    let env = TestEnv::new("evict").await?;
+    let _install = Install::new(&env, Options::default()).await?;
+    let pods = app(&env, 3, json!({"maxUnavailable": 1})).await?;
+    let api: Api<Pod> = env.api();
+    let victim = pods[0].name_any();
+    api.evict(&victim, &EvictParams::default()).await?;
+    let now = api.get(&victim).await?;
+    assert!(
+        draining(&now),
+        "the evicted pod was not isolated: {:?}",
+        now.labels()
+    );
+    assert!(
+        now.metadata.deletion_timestamp.is_none(),
+        "the eviction deleted the pod at once"
+    );
+    assert!(
+        conditions::pod_ready(&now),
+        "the evicted pod stopped serving"
+    );
+    assert_eq!(now.annotations()[schedule::REASON], "eviction");
+    // (The disruption recorded in the budget's disruptedPods is dropped by the disruption
+    // controller as soon as it sees the pod no longer selected; the race test below shows the
+    // budget is spent exactly once.)
+    // A second eviction of the same pod gets the same answer.
+    api.evict(&victim, &EvictParams::default()).await?;
+    // And the deleter removes it at its delete-at.
+    let uid = now.uid().unwrap();
+    wait::until(
+        &api,
+        &victim,
+        "the evicted pod to be deleted at its delete-at",
+        Duration::from_secs(40),
+        kube::runtime::wait::conditions::is_deleted(&uid),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn parallel_evictions_spend_a_budget_of_one_exactly_once_and_the_rest_get_429()
+-> anyhow::Result<()> {
+    let env = TestEnv::new("evict-race").await?;
+    let _install = Install::new(&env, Options::default()).await?;
+    let pods = app(&env, 10, json!({"maxUnavailable": 1})).await?;
+    let api: Api<Pod> = env.api();
+    let tries = pods.iter().map(|p| {
+        let api = api.clone();
+        let name = p.name_any();
+        async move {
+            (
+                name.clone(),
+                api.evict(&name, &EvictParams::default()).await,
+            )
+        }
+    });
+    let results = futures::future::join_all(tries).await;
+    let allowed: Vec<&String> = results
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(n, _)| n)
+        .collect();
+    let refused: Vec<u16> = results
+        .iter()
+        .filter_map(|(_, r)| match r {
+            Err(kube::Error::Api(s)) => Some(s.code),
+            _ => None,
+        })
+        .collect();
+    eprintln!(
+        "10 parallel evictions, budget 1: {} allowed, refused with {refused:?}",
+        allowed.len()
+    );
+    assert_eq!(
+        allowed.len(),
+        1,
+        "a budget of one was spent {} times",
+        allowed.len()
+    );
+    assert!(
+        refused.iter().all(|c| *c == 429),
+        "refusals other than 429: {refused:?}"
+    );
+    let now = api.list(&ListParams::default()).await?.items;
+    assert_eq!(
+        now.iter().filter(|p| draining(p)).count(),
+        1,
+        "exactly one pod drains"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_forbidden_eviction_gets_429_and_changes_nothing() -> anyhow::Result<()> {
+    let env = TestEnv::new("evict-no").await?;
+    let _install = Install::new(&env, Options::default()).await?;
+    let pods = app(&env, 2, json!({"minAvailable": 2})).await?;
+    let api: Api<Pod> = env.api();
+    match api
+        .evict(&pods[0].name_any(), &EvictParams::default())
+        .await
+    {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 429, "{s:?}"),
+        other => panic!("the eviction was not refused: {other:?}"),
+    }
+    let now = api.get(&pods[0].name_any()).await?;
+    assert!(!draining(&now), "a refused eviction isolated the pod");
+    assert_eq!(now.labels().get("app").map(String::as_str), Some("web"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn pods_not_serving_dry_runs_and_opted_out_pods_pass_at_once() -> anyhow::Result<()> {
+    let env = TestEnv::new("pass").await?;
+    let _install = Install::new(&env, Options::default()).await?;
+    let pods = app(&env, 3, json!({"maxUnavailable": 3})).await?;
+    let api: Api<Pod> = env.api();
+    let quick = Duration::from_secs(3);
+
+    // A dry-run delete.
+    let t = Instant::now();
+    api.delete(
+        &pods[0].name_any(),
+        &DeleteParams {
+            dry_run: true,
+            ..DeleteParams::default()
+        },
+    )
+    .await?;
+    assert!(t.elapsed() < quick);
+    assert!(!draining(&api.get(&pods[0].name_any()).await?));
+
+    // An opted-out pod.
+    let opted = pods[1].name_any();
+    api.patch(
+        &opted,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {schedule::OPT_OUT: "true"}}})),
+    )
+    .await?;
+    let t = Instant::now();
+    api.delete(&opted, &DeleteParams::default()).await?;
+    assert!(t.elapsed() < quick, "an opted-out pod was held");
+    let gone = api.get_opt(&opted).await?;
+    assert!(gone.is_none_or(|p| p.metadata.deletion_timestamp.is_some() && !draining(&p)));
+
+    // A pod that serves no Service.
+    let lonely = api
+        .create(
+            &PostParams::default(),
+            &objects::demo_pod("lonely", json!({"role": "batch"})),
+        )
+        .await?;
+    wait::until(
+        &api,
+        "lonely",
+        "the lonely pod to be ready",
+        Duration::from_secs(60),
+        |p: Option<&Pod>| p.is_some_and(conditions::pod_ready),
+    )
+    .await?;
+    let t = Instant::now();
+    api.delete("lonely", &DeleteParams::default()).await?;
+    assert!(t.elapsed() < quick, "a pod without Service was held");
+    let _ = lonely;
+    Ok(())
+}
