@@ -30,6 +30,8 @@ pub struct Admission {
     pub view: ClusterView,
     pub events: Events,
     pub field_manager: String,
+    /// This installation's name, the draining label's value.
+    pub instance: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -209,8 +211,15 @@ impl Admission {
                         return Ok(Step::Pass);
                     };
                     let api: Api<Pod> = Api::namespaced(self.view.client().clone(), &ns);
-                    match pod_writes::isolate(&api, &name, &version, &plan, &self.field_manager)
-                        .await?
+                    match pod_writes::isolate(
+                        &api,
+                        &name,
+                        &version,
+                        &plan,
+                        &self.field_manager,
+                        &self.instance,
+                    )
+                    .await?
                     {
                         Outcome::Done => {
                             tracing::info!(pod = %name, namespace = %ns, user = request.user, %delete_at, removed = ?plan.remove, "draining");

@@ -97,6 +97,10 @@ pub struct Args {
     /// Identity in leader election (the pod name).
     #[arg(long, env = "POD_NAME", default_value = "pod-graceful-drain")]
     pub identity: String,
+    /// This installation's name: the value of the draining label on the pods it drains (its
+    /// deleter acts on those only).
+    #[arg(long, env = "PGD_INSTANCE", default_value = "default")]
+    pub instance: String,
     /// Name of the coordination.k8s.io Lease that elects the deleter.
     #[arg(long, env = "PGD_LEASE_NAME", default_value = "pod-graceful-drain")]
     pub lease_name: String,
@@ -151,6 +155,7 @@ impl Args {
             ("service-account", &self.service_account),
             ("identity", &self.identity),
             ("lease-name", &self.lease_name),
+            ("instance", &self.instance),
         ] {
             if value.trim().is_empty() {
                 return Err(ConfigError::Empty(name));

@@ -33,6 +33,8 @@ pub struct Deleter {
     pub bounds: DrainBounds,
     pub endpoint_wait_max: Duration,
     pub field_manager: String,
+    /// Only pods drained by this installation (draining label value) are deleted here.
+    pub instance: String,
 }
 
 impl Deleter {
@@ -40,7 +42,8 @@ impl Deleter {
         let (store, writer) = reflector::store();
         // Metadata only: the deleter needs labels and annotations, never whole pods.
         let api = Api::<PartialObjectMeta<Pod>>::all(self.client.clone());
-        let config = watcher::Config::default().labels(&format!("{DRAINING_LABEL}=true"));
+        let config =
+            watcher::Config::default().labels(&format!("{DRAINING_LABEL}={}", self.instance));
         let stream = watcher(api, config)
             .default_backoff()
             .reflect(writer)
@@ -93,7 +96,7 @@ impl Deleter {
         let Some(pod) = api.get_opt(name).await? else {
             return Ok(());
         };
-        if !pod.labels().contains_key(DRAINING_LABEL) {
+        if pod.labels().get(DRAINING_LABEL) != Some(&self.instance) {
             return Ok(());
         }
         let Some(version) = Version::of(&pod) else {

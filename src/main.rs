@@ -48,6 +48,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         view: view.clone(),
         events: events.clone(),
         field_manager: "pod-graceful-drain".into(),
+        instance: args.instance.clone(),
     });
     let leadership = Election {
         namespace: args.namespace.clone(),
@@ -63,6 +64,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         bounds: args.policy().bounds,
         endpoint_wait_max: Duration::from_secs(args.endpoint_wait_max_seconds),
         field_manager: "pod-graceful-drain".into(),
+        instance: args.instance.clone(),
     };
     let deleter = tokio::spawn(deleter.run(shutdown.clone()));
 

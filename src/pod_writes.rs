@@ -44,13 +44,14 @@ impl Version {
     }
 }
 
-/// The merge patch that isolates a pod and records its schedule. Pure, for unit tests.
-pub fn isolation_patch(version: &Version, plan: &Isolation) -> Value {
+/// The merge patch that isolates a pod and records its schedule. The draining label's value names
+/// the installation (`instance`), whose deleter alone acts on the pod. Pure, for unit tests.
+pub fn isolation_patch(version: &Version, plan: &Isolation, instance: &str) -> Value {
     let mut labels = Map::new();
     for key in &plan.remove {
         labels.insert(key.clone(), Value::Null);
     }
-    labels.insert(DRAINING_LABEL.to_string(), json!("true"));
+    labels.insert(DRAINING_LABEL.to_string(), json!(instance));
     let annotations: Map<String, Value> = plan
         .schedule
         .to_annotations()
@@ -82,8 +83,9 @@ pub async fn isolate(
     version: &Version,
     plan: &Isolation,
     field_manager: &str,
+    instance: &str,
 ) -> Result<Outcome, kube::Error> {
-    let patch = isolation_patch(version, plan);
+    let patch = isolation_patch(version, plan, instance);
     let params = PatchParams {
         field_manager: Some(field_manager.to_string()),
         ..PatchParams::default()
@@ -162,12 +164,12 @@ mod tests {
             uid: "u-1".into(),
             resource_version: "42".into(),
         };
-        let p = isolation_patch(&version, &plan);
+        let p = isolation_patch(&version, &plan, "default");
         assert_eq!(p["metadata"].get("uid"), None);
         assert_eq!(p["metadata"]["resourceVersion"], "42");
         assert_eq!(p["metadata"]["labels"]["app"], Value::Null);
         assert_eq!(p["metadata"]["labels"]["tier/x"], Value::Null);
-        assert_eq!(p["metadata"]["labels"][DRAINING_LABEL], "true");
+        assert_eq!(p["metadata"]["labels"][DRAINING_LABEL], "default");
         assert_eq!(
             p["metadata"]["annotations"][crate::schedule::DELETE_AT],
             "2026-11-25T10:01:30Z"

@@ -13,7 +13,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 pub const PREFIX: &str = "pod-graceful-drain.io/";
-/// Label on every draining pod (value "true"): the deleter lists and watches by it.
+/// Label on every draining pod; its value names the installation whose deleter acts on the pod
+/// (two installations in one cluster never fight over a pod).
 pub const DRAINING_LABEL: &str = "pod-graceful-drain.io/draining";
 pub const STARTED_AT: &str = "pod-graceful-drain.io/drain-started-at";
 pub const DELETE_AT: &str = "pod-graceful-drain.io/delete-at";

@@ -119,7 +119,7 @@ async fn isolating_patch_takes_a_serving_pod_out_of_service_and_controller() -> 
         panic!("expected an isolating deny for a controller's delete");
     };
     let version = Version::of(&pod).expect("uid and resourceVersion");
-    let outcome = pod_writes::isolate(&pods, &name, &version, &plan, MANAGER).await?;
+    let outcome = pod_writes::isolate(&pods, &name, &version, &plan, MANAGER, "test").await?;
     assert_eq!(outcome, Outcome::Done);
 
     // The ReplicaSet replaces it at once: two ready owned pods again, neither of them this one.
@@ -167,7 +167,7 @@ async fn isolating_patch_takes_a_serving_pod_out_of_service_and_controller() -> 
     assert!(!labels.contains_key("app"), "app label still there");
     assert_eq!(
         labels.get(schedule::DRAINING_LABEL).map(String::as_str),
-        Some("true")
+        Some("test")
     );
     assert!(
         labels.contains_key("pod-template-hash"),
@@ -256,7 +256,7 @@ async fn stale_writes_are_refused_and_gone_pods_count_as_done() -> anyhow::Resul
         },
     };
     assert_eq!(
-        pod_writes::isolate(&pods, "victim", &stale, &plan, MANAGER).await?,
+        pod_writes::isolate(&pods, "victim", &stale, &plan, MANAGER, "test").await?,
         Outcome::Conflict
     );
     let untouched = pods.get("victim").await?;
@@ -265,7 +265,7 @@ async fn stale_writes_are_refused_and_gone_pods_count_as_done() -> anyhow::Resul
         "a refused patch changed the pod"
     );
     assert_eq!(
-        pod_writes::isolate(&pods, "victim", &current, &plan, MANAGER).await?,
+        pod_writes::isolate(&pods, "victim", &current, &plan, MANAGER, "test").await?,
         Outcome::Done
     );
 

@@ -180,16 +180,18 @@ pub fn decide(
         || pod.annotations.contains_key(schedule::DELETE_AT)
     {
         let reading = schedule::read(pod.annotations, now, policy.bounds);
-        let warnings = match &reading {
-            Reading::Damaged { problems, .. } => problems.clone(),
-            Reading::Intact(_) => Vec::new(),
+        let (warnings, started) = match &reading {
+            Reading::Damaged {
+                problems, partial, ..
+            } => (problems.clone(), partial.started_at),
+            Reading::Intact(s) => (Vec::new(), s.started_at),
         };
         let delete_at = reading.delete_at();
         return Decision::Drain {
             isolate: None,
             spend_budget: None,
             delete_at,
-            answer: answer_for(policy, request, pod, delete_at, now),
+            answer: answer_for(policy, request, pod, delete_at, started, now),
             warnings,
         };
     }
@@ -259,17 +261,22 @@ pub fn decide(
         isolate: Some(Box::new(Isolation { remove, schedule })),
         spend_budget,
         delete_at,
-        answer: answer_for(policy, request, pod, delete_at, now),
+        answer: answer_for(policy, request, pod, delete_at, now, now),
         warnings: note.into_iter().collect(),
     }
 }
 
 /// The answer for a draining pod, the same on every repeat of the request.
+///
+/// A held answer's deadline counts from the drain's start while that is within the budget: the
+/// API server re-runs validating admission when the pod changed during the call (our own
+/// isolating patch changes it), and that second invocation must not wait a second budget.
 fn answer_for(
     policy: &Policy,
     request: &Request<'_>,
     pod: &PodView<'_>,
     delete_at: Timestamp,
+    started: Timestamp,
     now: Timestamp,
 ) -> Answer {
     if request.operation == Operation::Evict {
@@ -289,18 +296,29 @@ fn answer_for(
         ));
     }
     let budget = SignedDuration::try_from(policy.hold_budget).unwrap_or(SignedDuration::ZERO);
-    let deadline = now.checked_add(budget).unwrap_or(Timestamp::MAX);
+    let from_start = started.checked_add(budget).unwrap_or(Timestamp::MAX);
+    // Within the first budget (a retried or repeated call) the deadline stays the first one;
+    // after it, a repeated request waits for nothing more than delete-at itself.
+    let deadline = if now < from_start {
+        from_start
+    } else {
+        now.checked_add(budget).unwrap_or(Timestamp::MAX)
+    };
     if delete_at <= deadline {
         return Answer::HoldThenAllow { until: delete_at };
     }
-    match policy.long_drain {
-        LongDrain::Allow => Answer::HoldThenAllow { until: deadline },
-        LongDrain::Deny => Answer::HoldThenDeny {
+    let message = format!(
+        "{draining}, which is later than this request can wait; nothing more to do: it will be deleted on time"
+    );
+    let first_budget_over = now >= from_start;
+    match (policy.long_drain, first_budget_over) {
+        (LongDrain::Allow, false) => Answer::HoldThenAllow { until: deadline },
+        (LongDrain::Allow, true) => Answer::Allow,
+        (LongDrain::Deny, false) => Answer::HoldThenDeny {
             until: deadline,
-            message: format!(
-                "{draining}, which is later than this request can wait; nothing more to do: it will be deleted on time"
-            ),
+            message,
         },
+        (LongDrain::Deny, true) => Answer::Deny(message),
     }
 }
 

@@ -452,3 +452,61 @@ fn a_pod_that_cannot_be_isolated_passes_with_a_warning() {
         Decision::Pass { reason: PassReason::CannotIsolate, warning: Some(ref w) } if w.contains("Service everything")
     ));
 }
+
+#[test]
+fn a_retried_invocation_keeps_the_first_deadline() {
+    let mut w = World::new();
+    w.annotations = map(&[(schedule::DRAIN_SECONDS, "120")]);
+    let first = decide(&policy(), &delete(PERSON), &w.pod(), &w.facts(None), now());
+    let Decision::Drain {
+        isolate: Some(plan),
+        answer: Answer::HoldThenDeny { until, .. },
+        ..
+    } = first
+    else {
+        panic!("expected a held deny, got {first:?}")
+    };
+    assert_eq!(until, at(25));
+    let mut after = World::new();
+    after
+        .labels
+        .insert(schedule::DRAINING_LABEL.into(), "x".into());
+    after.annotations = plan.schedule.to_annotations();
+    // The API server re-runs admission a moment later: same deadline, not a new budget.
+    let again = decide(
+        &policy(),
+        &delete(PERSON),
+        &after.pod(),
+        &after.facts(None),
+        at(1),
+    );
+    assert!(
+        matches!(again, Decision::Drain { answer: Answer::HoldThenDeny { until, .. }, .. } if until == at(25))
+    );
+    // A request after the first budget is over gets the same answer at once.
+    let later = decide(
+        &policy(),
+        &delete(PERSON),
+        &after.pod(),
+        &after.facts(None),
+        at(60),
+    );
+    assert!(matches!(
+        later,
+        Decision::Drain {
+            answer: Answer::Deny(_),
+            ..
+        }
+    ));
+    // ... and once delete-at is within reach, it is held until then and allowed.
+    let near = decide(
+        &policy(),
+        &delete(PERSON),
+        &after.pod(),
+        &after.facts(None),
+        at(100),
+    );
+    assert!(
+        matches!(near, Decision::Drain { answer: Answer::HoldThenAllow { until }, .. } if until == at(120))
+    );
+}

@@ -150,6 +150,8 @@ impl Install {
             json!({"name": "PGD_EXCLUDED_NAMESPACES", "value": "kube-system"}),
             json!({"name": "PGD_SHUTDOWN_GRACE_SECONDS", "value": "2"}),
             json!({"name": "PGD_LEASE_SECONDS", "value": "6"}),
+            // Installations of parallel tests must not act on each other's pods.
+            json!({"name": "PGD_INSTANCE", "value": ns}),
             json!({"name": "RUST_LOG", "value": "info"}),
         ];
         for (k, v) in &opts.extra_env {

@@ -1,0 +1,258 @@
+//! The schedule lives only in pod annotations, so it survives the loss of the leader and of every
+//! replica; a schedule a person mangled gets a Warning event and a safe outcome; a drain longer
+//! than the webhook's budget answers a person's DELETE at the deadline and still deletes on time.
+
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::conditions::is_deleted;
+use kube::{Api, ResourceExt};
+use pgd_testbed::product::{Install, Options};
+use pgd_testbed::wait::{self, conditions};
+use pgd_testbed::{TestEnv, kubectl, objects};
+use pod_graceful_drain::schedule;
+use serde_json::json;
+
+async fn app(env: &TestEnv, replicas: i32) -> anyhow::Result<Vec<Pod>> {
+    let pp = PostParams::default();
+    env.api::<Service>()
+        .create(&pp, &objects::service("web"))
+        .await?;
+    let deployments: Api<Deployment> = env.api();
+    deployments
+        .create(&pp, &objects::demo_deployment("web", replicas))
+        .await?;
+    wait::until(
+        &deployments,
+        "web",
+        "web Available",
+        Duration::from_secs(90),
+        conditions::deployment_complete,
+    )
+    .await?;
+    Ok(env
+        .api::<Pod>()
+        .list(&ListParams::default().labels("app=web"))
+        .await?
+        .items)
+}
+
+/// Evicts the pod (answered at once) and returns its delete-at.
+async fn start_drain(api: &Api<Pod>, name: &str) -> anyhow::Result<Timestamp> {
+    api.evict(name, &EvictParams::default()).await?;
+    let pod = api.get(name).await?;
+    Ok(pod.annotations()[schedule::DELETE_AT].parse()?)
+}
+
+async fn deleted_by(api: &Api<Pod>, pod: &Pod, deadline: Timestamp) -> anyhow::Result<()> {
+    let wait = Duration::try_from(deadline.duration_since(Timestamp::now())).unwrap_or_default();
+    wait::until(
+        api,
+        &pod.name_any(),
+        &format!("{} to be deleted by {deadline}", pod.name_any()),
+        wait + Duration::from_secs(1),
+        is_deleted(&pod.uid().unwrap()),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn killing_the_leader_mid_drain_still_deletes_on_time() -> anyhow::Result<()> {
+    let env = TestEnv::new("failover").await?;
+    let _install = Install::new(&env, Options::default()).await?;
+    let pods = app(&env, 2).await?;
+    let api: Api<Pod> = env.api();
+    let leases: Api<Lease> = env.api();
+    let leader = wait::until(
+        &leases,
+        "pod-graceful-drain",
+        "a leader",
+        Duration::from_secs(30),
+        |l: Option<&Lease>| {
+            l.and_then(|l| l.spec.as_ref()?.holder_identity.as_ref())
+                .is_some()
+        },
+    )
+    .await?
+    .and_then(|l| l.spec?.holder_identity)
+    .expect("a holder");
+    let delete_at = start_drain(&api, &pods[0].name_any()).await?;
+    // kill -9: no grace, no SIGTERM handling, the Lease is not released.
+    api.delete(
+        &leader,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        },
+    )
+    .await?;
+    eprintln!("killed leader {leader}; the drain ends at {delete_at}");
+    // The Lease (6 s) expires before delete-at (8 s after the eviction): the other replica takes
+    // over and deletes on time, within a tick and a renewal period.
+    deleted_by(
+        &api,
+        &pods[0],
+        delete_at.checked_add(jiff::SignedDuration::from_secs(3))?,
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn restarting_every_replica_mid_drain_loses_no_schedule() -> anyhow::Result<()> {
+    let env = TestEnv::new("restart-all").await?;
+    let _install = Install::new(
+        &env,
+        Options {
+            drain_seconds: 15,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let pods = app(&env, 3).await?;
+    let api: Api<Pod> = env.api();
+    let mut deadlines = Vec::new();
+    for p in &pods[..2] {
+        deadlines.push(start_drain(&api, &p.name_any()).await?);
+    }
+    // Every replica goes at once (graceful stop: the leader releases the Lease).
+    api.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("app.kubernetes.io/name=pod-graceful-drain"),
+    )
+    .await?;
+    let deployments: Api<Deployment> = env.api();
+    wait::until(
+        &deployments,
+        "pod-graceful-drain",
+        "new replicas",
+        Duration::from_secs(60),
+        conditions::deployment_complete,
+    )
+    .await?;
+    for (p, at) in pods[..2].iter().zip(&deadlines) {
+        // Replicas stopping take their grace period; allow for it on top of the schedule.
+        deleted_by(
+            &api,
+            p,
+            at.checked_add(jiff::SignedDuration::from_secs(20))?,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_mangled_schedule_gets_a_warning_and_the_pod_is_deleted_at_a_sane_time()
+-> anyhow::Result<()> {
+    let env = TestEnv::new("mangled").await?;
+    let opts = Options {
+        drain_seconds: 30,
+        extra_env: vec![("PGD_DRAIN_MAX_SECONDS".into(), "12".into())],
+        ..Options::default()
+    };
+    let _install = Install::new(
+        &env,
+        Options {
+            drain_seconds: 10,
+            ..opts
+        },
+    )
+    .await?;
+    let pods = app(&env, 2).await?;
+    let api: Api<Pod> = env.api();
+    let name = pods[0].name_any();
+    start_drain(&api, &name).await?;
+    let started: Timestamp = api.get(&name).await?.annotations()[schedule::STARTED_AT].parse()?;
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"metadata": {"annotations": {schedule::DELETE_AT: "next tuesday, maybe"}}}),
+        ),
+    )
+    .await?;
+    let events: Api<Event> = env.api();
+    wait::until_list(
+        &events,
+        kube::runtime::watcher::Config::default(),
+        "a Warning event about the damaged schedule",
+        Duration::from_secs(20),
+        |evs: &[Event]| {
+            evs.iter().any(|e| {
+                e.reason.as_deref() == Some("DrainScheduleRepaired")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str())
+            })
+        },
+    )
+    .await?;
+    let repaired: Timestamp = api.get(&name).await?.annotations()[schedule::DELETE_AT].parse()?;
+    assert_eq!(
+        repaired,
+        started.checked_add(jiff::SignedDuration::from_secs(12))?
+    );
+    deleted_by(
+        &api,
+        &pods[0],
+        repaired.checked_add(jiff::SignedDuration::from_secs(3))?,
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_drain_longer_than_the_budget_answers_at_the_deadline_and_deletes_on_time()
+-> anyhow::Result<()> {
+    let env = TestEnv::new("long").await?;
+    let _install = Install::new(
+        &env,
+        Options {
+            hold_seconds: 5,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let pods = app(&env, 2).await?;
+    let api: Api<Pod> = env.api();
+    let name = pods[0].name_any();
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {schedule::DRAIN_SECONDS: "12"}}})),
+    )
+    .await?;
+    let t = Instant::now();
+    let out = kubectl(env.target)
+        .args(["-n", &env.namespace, "delete", "pod", &name, "--wait=false"])
+        .output()?;
+    let answered = t.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("kubectl delete answered after {answered:?}: {stderr}");
+    assert!(
+        !out.status.success(),
+        "a drain longer than the budget was allowed early"
+    );
+    assert!(
+        answered >= Duration::from_secs(4) && answered < Duration::from_secs(10),
+        "{answered:?}"
+    );
+    let delete_at: Timestamp = api.get(&name).await?.annotations()[schedule::DELETE_AT].parse()?;
+    assert!(
+        stderr.contains(&delete_at.to_string()),
+        "the message does not name delete-at: {stderr}"
+    );
+    deleted_by(
+        &api,
+        &pods[0],
+        delete_at.checked_add(jiff::SignedDuration::from_secs(3))?,
+    )
+    .await?;
+    Ok(())
+}
