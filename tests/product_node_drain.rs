@@ -101,10 +101,10 @@ async fn kubectl_drain_completes_and_drained_pods_serve_until_delete_at() -> any
     );
     let mut deleted_at: BTreeMap<String, Timestamp> = BTreeMap::new();
     for e in events.list(&ListParams::default()).await?.items {
-        if e.reason.as_deref() == Some("Deleted") {
-            if let (Some(name), Some(t)) = (e.regarding.and_then(|r| r.name), e.event_time) {
-                deleted_at.insert(name, t.0);
-            }
+        if e.reason.as_deref() == Some("Deleted")
+            && let (Some(name), Some(t)) = (e.regarding.and_then(|r| r.name), e.event_time)
+        {
+            deleted_at.insert(name, t.0);
         }
     }
     for p in &on_drained {
