@@ -1,17 +1,18 @@
-# pod-graceful-drain image: a static binary in an empty, non-root, read-only-friendly image.
-# Built by users' CI with Docker or BuildKit. (The testbed, which has no Docker daemon, assembles
-# the same layout with testbed/images/mkimage.py; the product issue keeps the two equivalent.)
-FROM rust:1.95-alpine AS build
-RUN apk add --no-cache musl-dev
+# pod-graceful-drain image: a static binary in an otherwise empty image, non-root, read-only root
+# filesystem friendly. Built by users' CI with Docker or BuildKit.
+#
+# The testbed (no Docker daemon) builds the same thing with testbed/images/build-product: the same
+# compiler flags (glibc, static-pie via crt-static) and the same final layout (/pod-graceful-drain,
+# user 65532, that binary as entrypoint), written as an OCI tarball by testbed/images/mkimage.py.
+# Change both together.
+FROM rust:1.95-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
-COPY src ./src
-COPY tests/support/Cargo.toml tests/support/Cargo.toml
-RUN mkdir -p tests/support/src && echo '' > tests/support/src/lib.rs \
- && cargo build --release --locked --bin pod-graceful-drain \
- && strip target/release/pod-graceful-drain
+COPY . .
+RUN RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked \
+      --target x86_64-unknown-linux-gnu --bin pod-graceful-drain \
+ && cp target/x86_64-unknown-linux-gnu/release/pod-graceful-drain /pod-graceful-drain
 
 FROM scratch
-COPY --from=build /src/target/release/pod-graceful-drain /pod-graceful-drain
+COPY --from=build /pod-graceful-drain /pod-graceful-drain
 USER 65532:65532
 ENTRYPOINT ["/pod-graceful-drain"]

@@ -20,6 +20,13 @@ pub struct Leadership {
 }
 
 impl Leadership {
+    /// A fixed answer, for running a deleter without an election (tests, one-replica setups).
+    pub fn fixed(leading: bool) -> Leadership {
+        let until = leading.then(|| Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600));
+        let (_tx, rx) = watch::channel(until);
+        Leadership { until: rx }
+    }
+
     pub fn is_leading(&self) -> bool {
         matches!(*self.until.borrow(), Some(t) if Instant::now() < t)
     }

@@ -197,3 +197,67 @@ async fn a_persons_delete_is_held_and_exits_zero() -> anyhow::Result<()> {
     assert!(held < Duration::from_secs(20), "held too long: {held:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn scale_down_keeps_removed_pods_serving_until_delete_at() -> anyhow::Result<()> {
+    let env = TestEnv::new("scale-down").await?;
+    let _install = Install::new(&env, Options::default()).await?;
+    env.api::<Service>()
+        .create(&PostParams::default(), &objects::service("web"))
+        .await?;
+    let deployments: Api<Deployment> = env.api();
+    deployments
+        .create(&PostParams::default(), &objects::demo_deployment("web", 3))
+        .await?;
+    wait::until(
+        &deployments,
+        "web",
+        "web Available",
+        Duration::from_secs(90),
+        conditions::deployment_complete,
+    )
+    .await?;
+    let started = Instant::now();
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 1}})),
+        )
+        .await?;
+    wait::until(
+        &deployments,
+        "web",
+        "1 replica",
+        Duration::from_secs(60),
+        |d: Option<&Deployment>| {
+            d.and_then(|d| d.status.as_ref())
+                .is_some_and(|s| s.replicas == Some(1) && s.available_replicas == Some(1))
+        },
+    )
+    .await?;
+    eprintln!(
+        "scale-down 3 -> 1 with the webhook: {:?}",
+        started.elapsed()
+    );
+    let pods: Api<Pod> = env.api();
+    let draining: Vec<Pod> = pods
+        .list(&ListParams::default().labels(schedule::DRAINING_LABEL))
+        .await?
+        .items;
+    assert_eq!(draining.len(), 2, "the two removed pods should be draining");
+    for p in &draining {
+        assert!(conditions::pod_ready(p), "{} stopped serving", p.name_any());
+    }
+    for p in &draining {
+        wait::until(
+            &pods,
+            &p.name_any(),
+            "the removed pod to be deleted at its delete-at",
+            Duration::from_secs(30),
+            kube::runtime::wait::conditions::is_deleted(&p.uid().unwrap()),
+        )
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! The deleter, run in-process against the testbed: two deleters that both believe they lead
+//! (what the election library can briefly allow) delete a due pod exactly once and neither fails;
+//! a pod still listed as ready in an EndpointSlice is kept, with an event, up to the maximum.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{ListParams, PostParams};
+use kube::runtime::wait::conditions::is_deleted;
+use kube::{Api, ResourceExt};
+use pgd_testbed::wait::{self, conditions};
+use pgd_testbed::{TestEnv, objects};
+use pod_graceful_drain::decision::Isolation;
+use pod_graceful_drain::deleter::Deleter;
+use pod_graceful_drain::events::Events;
+use pod_graceful_drain::leader::Leadership;
+use pod_graceful_drain::pod_writes::{self, Outcome, Version};
+use pod_graceful_drain::schedule::{DrainBounds, Reason, SavedDeleteOptions, Schedule};
+use serde_json::json;
+use tokio::sync::watch;
+
+const BOUNDS: DrainBounds = DrainBounds {
+    default: Duration::from_secs(5),
+    min: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+};
+
+/// A ready demo pod, drained by `instance` with delete-at `in_secs` from now.
+async fn draining_pod(
+    env: &TestEnv,
+    name: &str,
+    instance: &str,
+    in_secs: i64,
+) -> anyhow::Result<Pod> {
+    let api: Api<Pod> = env.api();
+    api.create(
+        &PostParams::default(),
+        &objects::demo_pod(name, json!({"app": name})),
+    )
+    .await?;
+    let pod = wait::until(
+        &api,
+        name,
+        "the pod to be ready",
+        Duration::from_secs(60),
+        |p: Option<&Pod>| p.is_some_and(conditions::pod_ready),
+    )
+    .await?
+    .expect("pod");
+    let now = Timestamp::now();
+    let plan = Isolation {
+        remove: ["app".to_string()].into(),
+        schedule: Schedule {
+            started_at: now,
+            delete_at: now.checked_add(SignedDuration::from_secs(in_secs))?,
+            requested_by: "test".into(),
+            reason: Reason::Delete,
+            delete_options: SavedDeleteOptions {
+                grace_period_seconds: Some(1),
+                propagation_policy: None,
+            },
+            traceparent: None,
+            removed_labels: [("app".to_string(), name.to_string())].into(),
+        },
+    };
+    let version = Version::of(&pod).expect("version");
+    assert_eq!(
+        pod_writes::isolate(&api, name, &version, &plan, "test", instance).await?,
+        Outcome::Done
+    );
+    Ok(api.get(name).await?)
+}
+
+fn deleter(env: &TestEnv, identity: &str, instance: &str, endpoint_wait_max: Duration) -> Deleter {
+    Deleter {
+        client: env.client.clone(),
+        leadership: Leadership::fixed(true),
+        events: Events::new(env.client.clone(), identity),
+        bounds: BOUNDS,
+        endpoint_wait_max,
+        field_manager: "test".into(),
+        instance: instance.to_string(),
+    }
+}
+
+async fn events_for(env: &TestEnv, pod: &str, reason: &str) -> anyhow::Result<usize> {
+    let events: Api<Event> = env.api();
+    Ok(events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pod)
+        })
+        .count())
+}
+
+#[tokio::test]
+async fn two_deleters_that_both_lead_delete_a_due_pod_exactly_once() -> anyhow::Result<()> {
+    let env = TestEnv::new("two-leaders").await?;
+    let instance = env.namespace.clone();
+    let pod = draining_pod(&env, "due", &instance, 2).await?;
+    let (stop_tx, stop) = watch::channel(false);
+    let a = tokio::spawn(deleter(&env, "a", &instance, Duration::from_secs(5)).run(stop.clone()));
+    let b = tokio::spawn(deleter(&env, "b", &instance, Duration::from_secs(5)).run(stop));
+    let api: Api<Pod> = env.api();
+    wait::until(
+        &api,
+        "due",
+        "the due pod to be deleted",
+        Duration::from_secs(20),
+        is_deleted(&pod.uid().unwrap()),
+    )
+    .await?;
+    // Let both run a few more passes over the now-missing pod.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = stop_tx.send(true);
+    a.await?;
+    b.await?;
+    assert_eq!(
+        events_for(&env, "due", "Deleted").await?,
+        1,
+        "the pod was deleted more than once"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pod_still_ready_in_an_endpoint_slice_is_kept_up_to_the_maximum() -> anyhow::Result<()> {
+    let env = TestEnv::new("endpoints").await?;
+    let instance = env.namespace.clone();
+    let pod = draining_pod(&env, "listed", &instance, 1).await?;
+    // A hand-managed EndpointSlice (as a load balancer controller might keep) still lists it.
+    let ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("ip");
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "manual", "labels": {"kubernetes.io/service-name": "manual"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": true},
+                       "targetRef": {"kind": "Pod", "name": "listed", "namespace": env.namespace, "uid": pod.uid()}}]
+    }))?;
+    env.api::<EndpointSlice>()
+        .create(&PostParams::default(), &slice)
+        .await?;
+    let delete_at: Timestamp =
+        pod.annotations()[pod_graceful_drain::schedule::DELETE_AT].parse()?;
+    let (stop_tx, stop) = watch::channel(false);
+    let run = tokio::spawn(deleter(&env, "a", &instance, Duration::from_secs(6)).run(stop));
+    let api: Api<Pod> = env.api();
+    wait::until(
+        &api,
+        "listed",
+        "the pod to be deleted after the maximum wait",
+        Duration::from_secs(30),
+        is_deleted(&pod.uid().unwrap()),
+    )
+    .await?;
+    let gone = Timestamp::now();
+    let _ = stop_tx.send(true);
+    run.await?;
+    let waited = gone.duration_since(delete_at);
+    eprintln!(
+        "kept {} ms past delete-at while listed ready",
+        waited.as_millis()
+    );
+    assert!(
+        waited.as_secs() >= 5,
+        "deleted while still listed: after {} ms",
+        waited.as_millis()
+    );
+    assert_eq!(events_for(&env, "listed", "WaitingForEndpoints").await?, 1);
+    assert_eq!(
+        events_for(&env, "listed", "EndpointsWaitExceeded").await?,
+        1
+    );
+    Ok(())
+}
