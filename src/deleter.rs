@@ -99,6 +99,11 @@ impl Deleter {
         if pod.labels().get(DRAINING_LABEL) != Some(&self.instance) {
             return Ok(());
         }
+        // Already being deleted (by another would-be leader, or by the holder of a DELETE we
+        // allowed): deleting again would succeed but do nothing.
+        if pod.metadata.deletion_timestamp.is_some() {
+            return Ok(());
+        }
         let Some(version) = Version::of(&pod) else {
             return Ok(());
         };
