@@ -50,6 +50,7 @@ pub struct HttpAnswer {
 
 impl Admission {
     /// Serves one request body. Never panics on input; a bad body is a 4xx with its reason.
+    #[tracing::instrument(name = "admission", skip_all, fields(uid, user, pod))]
     pub async fn serve(&self, body: &[u8]) -> HttpAnswer {
         let incoming = match review::parse(body) {
             Ok(i) => i,
@@ -62,6 +63,13 @@ impl Admission {
             }
         };
         let uid = incoming.caller().uid.clone();
+        let span = tracing::Span::current();
+        span.record("uid", uid.as_str());
+        span.record("user", incoming.caller().user.as_str());
+        span.record(
+            "pod",
+            format!("{}/{}", incoming.caller().namespace, incoming.caller().name).as_str(),
+        );
         let reply = match self.handle(&incoming).await {
             Ok(reply) => reply,
             Err(e) => {

@@ -85,6 +85,7 @@ impl Deleter {
         }
     }
 
+    #[tracing::instrument(name = "deferred_delete", skip(self, announced))]
     async fn handle(
         &self,
         ns: &str,

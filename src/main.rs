@@ -24,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     args.validate().context("invalid configuration")?;
-    telemetry::init(args.log_format);
+    let _telemetry = telemetry::init(args.log_format);
     run(args).await
 }
 

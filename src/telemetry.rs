@@ -1,11 +1,53 @@
-//! Logs: text or JSON, filtered by RUST_LOG (default `info`). OpenTelemetry export over OTLP is
-//! still to come (issue 4); until then spans are logged only.
+//! Logs and traces. Logs: text or JSON, filtered by RUST_LOG (default `info`). Traces: `tracing`
+//! spans, exported over OTLP/HTTP (protobuf) when the standard OpenTelemetry variables name an
+//! endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; the service
+//! name and resource come from `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES`), off otherwise
+//! or when `OTEL_SDK_DISABLED=true` / `OTEL_TRACES_EXPORTER=none`. A broken exporter is reported
+//! and tracing stays off; it never stops the process.
 
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::LogFormat;
 
-pub fn init(format: LogFormat) {
+/// Flushes pending spans when dropped (at the end of `main`).
+pub struct Guard(Option<SdkTracerProvider>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+fn otlp_wanted() -> bool {
+    let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.trim().is_empty());
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+        || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.eq_ignore_ascii_case("none"));
+    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+fn provider() -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()?;
+    let resource = Resource::builder()
+        .with_service_name(
+            std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "pod-graceful-drain".into()),
+        )
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
+}
+
+pub fn init(format: LogFormat) -> Guard {
     // kube-leader-election reports every renewal at info; only its warnings matter here.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info"))
@@ -14,11 +56,35 @@ pub fn init(format: LogFormat) {
                 .parse()
                 .expect("static directive"),
         );
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let (provider, problem) = if otlp_wanted() {
+        match provider() {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(e.to_string())),
+        }
+    } else {
+        (None, None)
     };
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("pod-graceful-drain")));
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let _ = match format {
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_target(false))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_target(false),
+            )
+            .try_init(),
+    };
+    match (&provider, problem) {
+        (Some(_), _) => tracing::info!("exporting traces over OTLP"),
+        (None, Some(e)) => tracing::warn!(error = %e, "OTLP exporter not built; tracing stays off"),
+        (None, None) => {}
+    }
+    Guard(provider)
 }

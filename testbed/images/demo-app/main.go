@@ -11,6 +11,9 @@
 // `demo-app fetch -url U -count N -interval D` is the client side: it sends N GET requests, one per
 // interval, and prints one JSON line per request (status, which pod answered, error), then a summary.
 // Run as a pod, it measures a Service from inside the cluster's network on any cluster.
+//
+// `demo-app otlp-sink` is the smallest OTLP/HTTP receiver: it accepts exports on :4318, logs what
+// arrived (path, content type, size) and answers success, so tests can see a process export traces.
 package main
 
 import (
@@ -32,6 +35,10 @@ func main() {
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds | log.LUTC)
 	if len(os.Args) > 1 && os.Args[1] == "fetch" {
 		os.Exit(fetch(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "otlp-sink" {
+		otlpSink()
+		return
 	}
 	addr := envOr("LISTEN", ":8080")
 	pod := envOr("POD_NAME", hostname())
@@ -173,4 +180,16 @@ func fetch(args []string) int {
 	}
 	fmt.Printf("fetch done: ok=%d failed=%d\n", ok, failed)
 	return 0
+}
+
+func otlpSink() {
+	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(io.LimitReader(r.Body, 16<<20))
+		log.Printf("otlp: %s %s content-type=%q bytes=%d", r.Method, r.URL.Path, r.Header.Get("Content-Type"), len(body))
+		// An empty Export*ServiceResponse is zero bytes of protobuf.
+		w.Header().Set("Content-Type", "application/x-protobuf")
+		w.WriteHeader(http.StatusOK)
+	})
+	log.Printf("otlp sink listening on :4318")
+	log.Fatal(http.ListenAndServe(":4318", nil))
 }
