@@ -261,3 +261,67 @@ async fn scale_down_keeps_removed_pods_serving_until_delete_at() -> anyhow::Resu
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_replica_stopping_finishes_the_requests_it_holds() -> anyhow::Result<()> {
+    let env = TestEnv::new("sigterm").await?;
+    let _install = Install::new(&env, Options::default()).await?;
+    env.api::<Service>()
+        .create(&PostParams::default(), &objects::service("web"))
+        .await?;
+    let deployments: Api<Deployment> = env.api();
+    deployments
+        .create(&PostParams::default(), &objects::demo_deployment("web", 2))
+        .await?;
+    wait::until(
+        &deployments,
+        "web",
+        "web Available",
+        Duration::from_secs(90),
+        conditions::deployment_complete,
+    )
+    .await?;
+    let pods: Api<Pod> = env.api();
+    let victim = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await?
+        .items[0]
+        .name_any();
+    let started = Instant::now();
+    let held = kubectl(env.target)
+        .args([
+            "-n",
+            &env.namespace,
+            "delete",
+            "pod",
+            &victim,
+            "--wait=false",
+        ])
+        .spawn()?;
+    // Once the pod is draining the request is being held: stop every replica (SIGTERM).
+    wait::until(
+        &pods,
+        &victim,
+        "the pod to drain",
+        Duration::from_secs(10),
+        |p: Option<&Pod>| p.is_some_and(|p| p.labels().contains_key(schedule::DRAINING_LABEL)),
+    )
+    .await?;
+    pods.delete_collection(
+        &kube::api::DeleteParams::default(),
+        &ListParams::default().labels("app.kubernetes.io/name=pod-graceful-drain"),
+    )
+    .await?;
+    let out = tokio::task::spawn_blocking(move || held.wait_with_output()).await??;
+    eprintln!(
+        "held kubectl delete answered after {:?} while its replica stopped",
+        started.elapsed()
+    );
+    assert!(
+        out.status.success(),
+        "the held request failed when its replica stopped: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.elapsed() >= Duration::from_secs(6), "not held");
+    Ok(())
+}
