@@ -68,16 +68,10 @@ pub fn budget(pdb: &PodDisruptionBudget) -> Option<(Selector, Budget)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     use serde_json::json;
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::test_support::map as labels;
 
     #[test]
     fn pod_state_reads_phase_readiness_and_termination() {

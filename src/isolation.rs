@@ -126,12 +126,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::test_support::map as labels;
 
     fn svc(pairs: &[(&str, &str)]) -> Selector {
         Selector::from_service(Some(&labels(pairs))).unwrap()

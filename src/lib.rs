@@ -24,3 +24,6 @@ pub mod selector;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+
+#[cfg(test)]
+mod test_support;

@@ -110,12 +110,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::test_support::map as labels;
 
     fn sel(v: serde_json::Value) -> Option<Selector> {
         Selector::from_label_selector(&serde_json::from_value(v).unwrap()).unwrap()

@@ -7,34 +7,21 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use pgd_testbed::product::{Install, Options};
 use pgd_testbed::wait::{self, conditions};
-use pgd_testbed::{TestEnv, kubectl, objects};
+use pgd_testbed::{TestEnv, kubectl};
 use pod_graceful_drain::schedule;
 use serde_json::json;
 
 /// Deploys `web` (3 replicas + Service), restarts it, and returns the old pods and the rollout's
 /// wall time.
 async fn rollout(env: &TestEnv) -> anyhow::Result<(Vec<Pod>, Duration)> {
-    env.api::<Service>()
-        .create(&PostParams::default(), &objects::service("web"))
-        .await?;
+    env.serve_demo("web", 3, json!({})).await?;
     let deployments: Api<Deployment> = env.api();
-    deployments
-        .create(&PostParams::default(), &objects::demo_deployment("web", 3))
-        .await?;
-    wait::until(
-        &deployments,
-        "web",
-        "web Available",
-        Duration::from_secs(90),
-        conditions::deployment_complete,
-    )
-    .await?;
     let pods: Api<Pod> = env.api();
     let old = pods
         .list(&ListParams::default().labels("app=web"))
@@ -154,21 +141,8 @@ async fn rollout_keeps_old_pods_serving_until_delete_at_without_slowing_down() -
 async fn a_persons_delete_is_held_and_exits_zero() -> anyhow::Result<()> {
     let env = TestEnv::new("held").await?;
     let _install = Install::new(&env, Options::default()).await?;
-    env.api::<Service>()
-        .create(&PostParams::default(), &objects::service("web"))
-        .await?;
-    let deployments: Api<Deployment> = env.api();
-    deployments
-        .create(&PostParams::default(), &objects::demo_deployment("web", 2))
-        .await?;
-    wait::until(
-        &deployments,
-        "web",
-        "web Available",
-        Duration::from_secs(90),
-        conditions::deployment_complete,
-    )
-    .await?;
+    env.serve_demo("web", 2, json!({})).await?;
+    let _deployments: Api<Deployment> = env.api();
     let pods: Api<Pod> = env.api();
     let victim = pods
         .list(&ListParams::default().labels("app=web"))
@@ -202,21 +176,8 @@ async fn a_persons_delete_is_held_and_exits_zero() -> anyhow::Result<()> {
 async fn scale_down_keeps_removed_pods_serving_until_delete_at() -> anyhow::Result<()> {
     let env = TestEnv::new("scale-down").await?;
     let _install = Install::new(&env, Options::default()).await?;
-    env.api::<Service>()
-        .create(&PostParams::default(), &objects::service("web"))
-        .await?;
+    env.serve_demo("web", 3, json!({})).await?;
     let deployments: Api<Deployment> = env.api();
-    deployments
-        .create(&PostParams::default(), &objects::demo_deployment("web", 3))
-        .await?;
-    wait::until(
-        &deployments,
-        "web",
-        "web Available",
-        Duration::from_secs(90),
-        conditions::deployment_complete,
-    )
-    .await?;
     let started = Instant::now();
     deployments
         .patch(
@@ -266,21 +227,8 @@ async fn scale_down_keeps_removed_pods_serving_until_delete_at() -> anyhow::Resu
 async fn a_replica_stopping_finishes_the_requests_it_holds() -> anyhow::Result<()> {
     let env = TestEnv::new("sigterm").await?;
     let _install = Install::new(&env, Options::default()).await?;
-    env.api::<Service>()
-        .create(&PostParams::default(), &objects::service("web"))
-        .await?;
-    let deployments: Api<Deployment> = env.api();
-    deployments
-        .create(&PostParams::default(), &objects::demo_deployment("web", 2))
-        .await?;
-    wait::until(
-        &deployments,
-        "web",
-        "web Available",
-        Duration::from_secs(90),
-        conditions::deployment_complete,
-    )
-    .await?;
+    env.serve_demo("web", 2, json!({})).await?;
+    let _deployments: Api<Deployment> = env.api();
     let pods: Api<Pod> = env.api();
     let victim = pods
         .list(&ListParams::default().labels("app=web"))

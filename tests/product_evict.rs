@@ -6,7 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
@@ -24,18 +23,6 @@ async fn app(env: &TestEnv, replicas: i32, budget: serde_json::Value) -> anyhow:
         .await?;
     let pdbs: Api<PodDisruptionBudget> = env.api();
     pdbs.create(&pp, &objects::pdb("web", budget)).await?;
-    let deployments: Api<Deployment> = env.api();
-    deployments
-        .create(&pp, &objects::demo_deployment("web", replicas))
-        .await?;
-    wait::until(
-        &deployments,
-        "web",
-        "web Available",
-        Duration::from_secs(90),
-        conditions::deployment_complete,
-    )
-    .await?;
     wait::until(
         &pdbs,
         "web",
@@ -47,11 +34,7 @@ async fn app(env: &TestEnv, replicas: i32, budget: serde_json::Value) -> anyhow:
         },
     )
     .await?;
-    Ok(env
-        .api::<Pod>()
-        .list(&ListParams::default().labels("app=web"))
-        .await?
-        .items)
+    Ok(env.serve_demo("web", replicas, json!({})).await?)
 }
 
 fn draining(p: &Pod) -> bool {

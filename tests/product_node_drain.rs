@@ -3,27 +3,19 @@
 //! the other node. Alone in its test binary: a drain disturbs every pod on the node.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ListParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
+use pgd_testbed::drain::drain_node;
 use pgd_testbed::product::{Install, Options};
 use pgd_testbed::wait::{self, conditions};
-use pgd_testbed::{Target, TestEnv, kubectl, nodes_ready_schedulable, objects};
+use pgd_testbed::{TestEnv, nodes_ready_schedulable, objects};
 use serde_json::json;
-
-struct Uncordon(&'static Target, String);
-
-impl Drop for Uncordon {
-    fn drop(&mut self) {
-        let _ = kubectl(self.0).args(["uncordon", &self.1]).output();
-    }
-}
 
 #[tokio::test]
 async fn kubectl_drain_completes_and_drained_pods_serve_until_delete_at() -> anyhow::Result<()> {
@@ -50,47 +42,22 @@ async fn kubectl_drain_completes_and_drained_pods_serve_until_delete_at() -> any
             "nodeSelectorTerms": [{"matchExpressions": [
                 {"key": "kubernetes.io/hostname", "operator": "In", "values": [&keep, &drain]}]}]}}}
     });
-    let deployments: Api<Deployment> = env.api();
-    deployments
-        .create(&pp, &objects::deployment_with("web", 4, spread))
-        .await?;
-    wait::until(
-        &deployments,
-        "web",
-        "web Available",
-        Duration::from_secs(90),
-        conditions::deployment_complete,
-    )
-    .await?;
     let pods: Api<Pod> = env.api();
-    let on_drained: Vec<Pod> = pods
-        .list(&ListParams::default().labels("app=web"))
+    let on_drained: Vec<Pod> = env
+        .serve_demo("web", 4, spread)
         .await?
-        .items
         .into_iter()
         .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()) == Some(&drain))
         .collect();
     assert!(!on_drained.is_empty(), "no app pod on {drain}");
 
-    let _uncordon = Uncordon(env.target, drain.clone());
-    let started = Instant::now();
-    let out = kubectl(env.target)
-        .args([
-            "drain",
-            &drain,
-            "--ignore-daemonsets",
-            "--delete-emptydir-data",
-            "--timeout=120s",
-            "--pod-selector=app.kubernetes.io/name!=pod-graceful-drain",
-        ])
-        .output()?;
-    let took = started.elapsed();
-    assert!(
-        out.status.success(),
-        "kubectl drain failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let drained = drain_node(
+        env.target,
+        &drain,
+        // The webhook's own replicas are left where they are: this test follows the app.
+        "app.kubernetes.io/name!=pod-graceful-drain",
+    )?;
+    let took = drained.took;
     eprintln!("kubectl drain {drain} with pod-graceful-drain (drain 8 s): {took:?}");
 
     // Each drained pod was isolated, served until its delete-at, and is gone now; replacements

@@ -7,39 +7,19 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 use kube::runtime::wait::conditions::is_deleted;
 use kube::{Api, ResourceExt};
 use pgd_testbed::product::{Install, Options};
 use pgd_testbed::wait::{self, conditions};
-use pgd_testbed::{TestEnv, kubectl, objects};
+use pgd_testbed::{TestEnv, kubectl};
 use pod_graceful_drain::schedule;
 use serde_json::json;
 
 async fn app(env: &TestEnv, replicas: i32) -> anyhow::Result<Vec<Pod>> {
-    let pp = PostParams::default();
-    env.api::<Service>()
-        .create(&pp, &objects::service("web"))
-        .await?;
-    let deployments: Api<Deployment> = env.api();
-    deployments
-        .create(&pp, &objects::demo_deployment("web", replicas))
-        .await?;
-    wait::until(
-        &deployments,
-        "web",
-        "web Available",
-        Duration::from_secs(90),
-        conditions::deployment_complete,
-    )
-    .await?;
-    Ok(env
-        .api::<Pod>()
-        .list(&ListParams::default().labels("app=web"))
-        .await?
-        .items)
+    Ok(env.serve_demo("web", replicas, json!({})).await?)
 }
 
 /// Evicts the pod (answered at once) and returns its delete-at.

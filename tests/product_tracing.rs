@@ -3,12 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{EvictParams, ListParams, LogParams, PostParams};
+use kube::api::{EvictParams, LogParams, PostParams};
 use kube::{Api, ResourceExt};
 use pgd_testbed::product::{Install, Options};
-use pgd_testbed::wait::{self, conditions};
 use pgd_testbed::{TestEnv, objects};
 use serde_json::json;
 
@@ -56,26 +54,7 @@ async fn traces_are_exported_over_otlp_when_an_endpoint_is_configured() -> anyho
     )
     .await?;
     // Something to trace: an eviction of a pod that serves traffic.
-    env.api::<Service>()
-        .create(&pp, &objects::service("web"))
-        .await?;
-    let deployments: Api<Deployment> = env.api();
-    deployments
-        .create(&pp, &objects::demo_deployment("web", 2))
-        .await?;
-    wait::until(
-        &deployments,
-        "web",
-        "web Available",
-        Duration::from_secs(90),
-        conditions::deployment_complete,
-    )
-    .await?;
-    let victim = pods
-        .list(&ListParams::default().labels("app=web"))
-        .await?
-        .items[0]
-        .name_any();
+    let victim = env.serve_demo("web", 2, json!({})).await?[0].name_any();
     pods.evict(&victim, &EvictParams::default()).await?;
 
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -12,25 +12,11 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ListParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
+use pgd_testbed::drain::drain_node;
 use pgd_testbed::fetch::{self, FetchPod, Traffic};
 use pgd_testbed::wait::{self, conditions};
-use pgd_testbed::{Target, TestEnv, kubectl, nodes_ready_schedulable, objects};
+use pgd_testbed::{TestEnv, nodes_ready_schedulable, objects};
 use serde_json::json;
-
-/// Uncordons the drained node when the test ends, pass or fail, so later tests have it back.
-struct Uncordon {
-    target: &'static Target,
-    node: String,
-}
-
-impl Drop for Uncordon {
-    fn drop(&mut self) {
-        let out = kubectl(self.target).args(["uncordon", &self.node]).output();
-        if !matches!(&out, Ok(o) if o.status.success()) {
-            eprintln!("could not uncordon {}: {out:?}", self.node);
-        }
-    }
-}
 
 fn node_of(pods: &[Pod]) -> BTreeMap<String, String> {
     pods.iter()
@@ -138,28 +124,8 @@ async fn drain_moves_pods_and_the_service_keeps_answering() -> anyhow::Result<()
         },
     )
     .await?;
-    let _uncordon = Uncordon {
-        target: env.target,
-        node: drain.clone(),
-    };
-    let started = std::time::Instant::now();
-    let out = kubectl(env.target)
-        .args([
-            "drain",
-            &drain,
-            "--ignore-daemonsets",
-            "--delete-emptydir-data",
-            "--pod-selector=role!=fetch",
-            "--timeout=120s",
-        ])
-        .output()?;
-    let drain_time = started.elapsed();
-    assert!(
-        out.status.success(),
-        "kubectl drain failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let drained = drain_node(env.target, &drain, "role!=fetch")?;
+    let drain_time = drained.took;
     eprintln!("kubectl drain {drain} took {drain_time:?}");
 
     // After: every replica is Ready on the node that stays.

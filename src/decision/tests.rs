@@ -36,12 +36,7 @@ fn policy() -> Policy {
     }
 }
 
-fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
+use crate::test_support::map;
 
 struct World {
     labels: BTreeMap<String, String>,

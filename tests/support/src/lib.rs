@@ -6,7 +6,9 @@
 //! a `kube::Client` and a fresh namespace that is deleted when the test ends, pass or fail.
 //! Waiting is done on watches with deadlines ([`wait`]), never with fixed sleeps.
 
+mod apps;
 mod cluster;
+pub mod drain;
 mod error;
 pub mod fetch;
 mod namespace;
