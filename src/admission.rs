@@ -106,7 +106,7 @@ impl Admission {
             operation,
             dry_run: caller.dry_run,
             user: &caller.user,
-            traceparent: None,
+            traceparent: crate::telemetry::current_traceparent(),
         };
         for _ in 0..ATTEMPTS {
             match self.attempt(&request, &pod).await? {
@@ -185,8 +185,21 @@ impl Admission {
         };
         match decision::decide(&self.policy, request, &view, &facts, now) {
             Decision::Pass { reason, warning } => {
-                if let Some(w) = warning {
-                    self.events.publish(pod, true, "CannotDrain", w).await;
+                // Events only where a person would ask why an exposed pod was not drained; the
+                // everyday passes (not serving, dry-run, excluded) stay quiet.
+                match (reason, warning) {
+                    (_, Some(w)) => self.events.publish(pod, true, "CannotDrain", w).await,
+                    (PassReason::OptedOut, None) => {
+                        let note = format!("Not drained: annotated {}", crate::schedule::OPT_OUT);
+                        self.events.publish(pod, false, "DrainSkipped", note).await;
+                    }
+                    (PassReason::BudgetRefuses, None) => {
+                        let note = "Eviction left to the API server: the PodDisruptionBudget allows no disruption now".to_string();
+                        self.events
+                            .publish(pod, false, "EvictionNotAllowed", note)
+                            .await;
+                    }
+                    _ => {}
                 }
                 if !matches!(reason, PassReason::DryRun | PassReason::NotExposed) {
                     tracing::debug!(pod = %name, ?reason, "passing through");

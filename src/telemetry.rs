@@ -5,9 +5,10 @@
 //! or when `OTEL_SDK_DISABLED=true` / `OTEL_TRACES_EXPORTER=none`. A broken exporter is reported
 //! and tracing stays off; it never stops the process.
 
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -87,4 +88,20 @@ pub fn init(format: LogFormat) -> Guard {
         (None, None) => {}
     }
     Guard(provider)
+}
+
+/// The W3C `traceparent` of the current span, when traces are exported (recorded in the drain
+/// schedule, so the deferred delete can be found from the request that caused it).
+pub fn current_traceparent() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    let span = cx.span();
+    let sc = span.span_context();
+    sc.is_valid().then(|| {
+        format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    })
 }

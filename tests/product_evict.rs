@@ -211,3 +211,32 @@ async fn pods_not_serving_dry_runs_and_opted_out_pods_pass_at_once() -> anyhow::
     let _ = lonely;
     Ok(())
 }
+
+#[tokio::test]
+async fn excluded_namespaces_pass_at_once() -> anyhow::Result<()> {
+    let env = TestEnv::new("excluded").await?;
+    let opts = Options {
+        excluded_namespaces: format!("kube-system,{}", env.namespace),
+        ..Options::default()
+    };
+    let _install = Install::new(&env, opts).await?;
+    let pods = app(&env, 2, json!({"maxUnavailable": 1})).await?;
+    let api: Api<Pod> = env.api();
+    let t = Instant::now();
+    api.delete(&pods[0].name_any(), &DeleteParams::default())
+        .await?;
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "a pod of an excluded namespace was held"
+    );
+    api.evict(&pods[1].name_any(), &EvictParams::default())
+        .await?;
+    for p in &pods {
+        let now = api.get_opt(&p.name_any()).await?;
+        assert!(
+            now.is_none_or(|p| !draining(&p)),
+            "a pod of an excluded namespace was drained"
+        );
+    }
+    Ok(())
+}

@@ -56,6 +56,13 @@ async fn traces_are_exported_over_otlp_when_an_endpoint_is_configured() -> anyho
     // Something to trace: an eviction of a pod that serves traffic.
     let victim = env.serve_demo("web", 2, json!({})).await?[0].name_any();
     pods.evict(&victim, &EvictParams::default()).await?;
+    // The schedule carries the request's trace context.
+    let traceparent =
+        pods.get(&victim).await?.annotations()[pod_graceful_drain::schedule::TRACEPARENT].clone();
+    assert!(
+        traceparent.starts_with("00-") && traceparent.len() == 55,
+        "not a W3C traceparent: {traceparent}"
+    );
 
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -34,6 +34,8 @@ pub struct Options {
     pub replicas: i32,
     pub drain_seconds: u64,
     pub hold_seconds: u64,
+    /// PGD_EXCLUDED_NAMESPACES.
+    pub excluded_namespaces: String,
     pub extra_env: Vec<(String, String)>,
 }
 
@@ -43,6 +45,7 @@ impl Default for Options {
             replicas: 2,
             drain_seconds: 8,
             hold_seconds: 20,
+            excluded_namespaces: "kube-system".into(),
             extra_env: vec![],
         }
     }
@@ -147,7 +150,7 @@ impl Install {
             json!({"name": "PGD_DRAIN_SECONDS", "value": opts.drain_seconds.to_string()}),
             json!({"name": "PGD_DRAIN_MIN_SECONDS", "value": "1"}),
             json!({"name": "PGD_HOLD_SECONDS", "value": opts.hold_seconds.to_string()}),
-            json!({"name": "PGD_EXCLUDED_NAMESPACES", "value": "kube-system"}),
+            json!({"name": "PGD_EXCLUDED_NAMESPACES", "value": opts.excluded_namespaces}),
             json!({"name": "PGD_SHUTDOWN_GRACE_SECONDS", "value": "2"}),
             json!({"name": "PGD_LEASE_SECONDS", "value": "6"}),
             // Installations of parallel tests must not act on each other's pods.
