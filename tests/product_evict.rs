@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -17,12 +17,11 @@ use pod_graceful_drain::schedule;
 use serde_json::json;
 
 async fn app(env: &TestEnv, replicas: i32, budget: serde_json::Value) -> anyhow::Result<Vec<Pod>> {
-    let pp = PostParams::default();
-    env.api::<Service>()
-        .create(&pp, &objects::service("web"))
-        .await?;
     let pdbs: Api<PodDisruptionBudget> = env.api();
-    pdbs.create(&pp, &objects::pdb("web", budget)).await?;
+    pdbs.create(&PostParams::default(), &objects::pdb("web", budget))
+        .await?;
+    let pods = env.serve_demo("web", replicas, json!({})).await?;
+    // The eviction handler trusts the budget only once its controller has counted the pods.
     wait::until(
         &pdbs,
         "web",
@@ -34,7 +33,7 @@ async fn app(env: &TestEnv, replicas: i32, budget: serde_json::Value) -> anyhow:
         },
     )
     .await?;
-    Ok(env.serve_demo("web", replicas, json!({})).await?)
+    Ok(pods)
 }
 
 fn draining(p: &Pod) -> bool {
