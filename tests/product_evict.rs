@@ -219,7 +219,7 @@ async fn excluded_namespaces_pass_at_once() -> anyhow::Result<()> {
         ..Options::default()
     };
     let _install = Install::new(&env, opts).await?;
-    let pods = app(&env, 2, json!({"maxUnavailable": 1})).await?;
+    let pods = app(&env, 2, json!({"maxUnavailable": 2})).await?;
     let api: Api<Pod> = env.api();
     let t = Instant::now();
     api.delete(&pods[0].name_any(), &DeleteParams::default())
