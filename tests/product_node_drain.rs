@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ListParams, PostParams};
 use kube::runtime::watcher;
@@ -28,9 +28,6 @@ async fn kubectl_drain_completes_and_drained_pods_serve_until_delete_at() -> any
     let (keep, drain) = (nodes[0].clone(), nodes[1].clone());
     let _install = Install::new(&env, Options::default()).await?;
     let pp = PostParams::default();
-    env.api::<Service>()
-        .create(&pp, &objects::service("web"))
-        .await?;
     env.api::<PodDisruptionBudget>()
         .create(&pp, &objects::pdb("web", json!({"maxUnavailable": 1})))
         .await?;
