@@ -43,8 +43,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let view = ClusterView::start(client.clone());
     let events = Events::new(client.clone(), &args.identity);
+    let policy = args.policy();
+    let bounds = policy.bounds;
     let admission = Arc::new(Admission {
-        policy: args.policy(),
+        policy,
         view: view.clone(),
         events: events.clone(),
         field_manager: "pod-graceful-drain".into(),
@@ -61,7 +63,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         client: client.clone(),
         leadership,
         events,
-        bounds: args.policy().bounds,
+        bounds,
         endpoint_wait_max: Duration::from_secs(args.endpoint_wait_max_seconds),
         field_manager: "pod-graceful-drain".into(),
         instance: args.instance.clone(),

@@ -52,19 +52,35 @@ pub fn isolation_patch(version: &Version, plan: &Isolation, instance: &str) -> V
         labels.insert(key.clone(), Value::Null);
     }
     labels.insert(DRAINING_LABEL.to_string(), json!(instance));
-    let annotations: Map<String, Value> = plan
-        .schedule
-        .to_annotations()
-        .into_iter()
-        .map(|(k, v)| (k, Value::String(v)))
-        .collect();
     json!({
         "metadata": {
             "resourceVersion": version.resource_version,
             "labels": labels,
-            "annotations": annotations,
+            "annotations": schedule_annotations(&plan.schedule),
         }
     })
+}
+
+fn schedule_annotations(schedule: &Schedule) -> Map<String, Value> {
+    schedule
+        .to_annotations()
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect()
+}
+
+/// Applies a merge patch (carrying its resourceVersion precondition) and classifies the outcome.
+async fn guarded_patch(
+    api: &Api<Pod>,
+    name: &str,
+    patch: &Value,
+    field_manager: &str,
+) -> Result<Outcome, kube::Error> {
+    let params = PatchParams {
+        field_manager: Some(field_manager.to_string()),
+        ..PatchParams::default()
+    };
+    classify(api.patch(name, &params, &Patch::Merge(patch)).await)
 }
 
 fn classify<T>(result: Result<T, kube::Error>) -> Result<Outcome, kube::Error> {
@@ -86,11 +102,7 @@ pub async fn isolate(
     instance: &str,
 ) -> Result<Outcome, kube::Error> {
     let patch = isolation_patch(version, plan, instance);
-    let params = PatchParams {
-        field_manager: Some(field_manager.to_string()),
-        ..PatchParams::default()
-    };
-    classify(api.patch(name, &params, &Patch::Merge(&patch)).await)
+    guarded_patch(api, name, &patch, field_manager).await
 }
 
 /// Rewrites a damaged schedule (with the sane delete-at already chosen) on exactly the pod version
@@ -102,17 +114,11 @@ pub async fn rewrite_schedule(
     schedule: &Schedule,
     field_manager: &str,
 ) -> Result<Outcome, kube::Error> {
-    let annotations: Map<String, Value> = schedule
-        .to_annotations()
-        .into_iter()
-        .map(|(k, v)| (k, Value::String(v)))
-        .collect();
-    let patch = json!({"metadata": {"resourceVersion": version.resource_version, "annotations": annotations}});
-    let params = PatchParams {
-        field_manager: Some(field_manager.to_string()),
-        ..PatchParams::default()
-    };
-    classify(api.patch(name, &params, &Patch::Merge(&patch)).await)
+    let patch = json!({"metadata": {
+        "resourceVersion": version.resource_version,
+        "annotations": schedule_annotations(schedule),
+    }});
+    guarded_patch(api, name, &patch, field_manager).await
 }
 
 /// Deletes exactly the pod version that was read, with the caller's saved options.
