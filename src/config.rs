@@ -52,7 +52,27 @@ pub struct Args {
     /// Plain-HTTP address of /healthz and /readyz.
     #[arg(long, env = "PGD_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
     pub health_addr: SocketAddr,
-    /// Serving certificate (PEM), reloaded when the file changes.
+    /// Serve the certificate held by this Secret of our namespace (keys tls.crt, tls.key) instead
+    /// of files; re-read every few seconds.
+    #[arg(long, env = "PGD_TLS_SECRET")]
+    pub tls_secret: Option<String>,
+    /// Create, renew and rotate the CA and serving certificate in --tls-secret ourselves and keep
+    /// the webhook configurations' CA bundle in step (off: cert-manager or a person does it).
+    #[arg(long, env = "PGD_TLS_MANAGE", action = clap::ArgAction::Set, default_value_t = false)]
+    pub tls_manage: bool,
+    /// Name of the validating and the mutating webhook configuration (both carry it).
+    #[arg(long, env = "PGD_WEBHOOK_CONFIGURATION")]
+    pub webhook_configuration: Option<String>,
+    /// The Service the API server calls: the serving certificate names `<it>.<namespace>.svc`.
+    #[arg(long, env = "PGD_SERVICE_NAME", default_value = "pod-graceful-drain")]
+    pub service_name: String,
+    /// Lifetime of a serving certificate we issue; renewed in its last third.
+    #[arg(long, env = "PGD_CERT_SECONDS", default_value_t = 365 * 24 * 3600)]
+    pub cert_seconds: i64,
+    /// Lifetime of a CA we create; its successor is trusted ahead of use in its last third.
+    #[arg(long, env = "PGD_CA_SECONDS", default_value_t = 10 * 365 * 24 * 3600)]
+    pub ca_seconds: i64,
+    /// Serving certificate (PEM) when no --tls-secret is given, reloaded when the file changes.
     #[arg(long, env = "PGD_TLS_CERT_FILE", default_value = "/tls/tls.crt")]
     pub tls_cert_file: PathBuf,
     /// Serving key (PEM), reloaded when the file changes.
@@ -116,6 +136,28 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = "PGD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Serve admission reviews and run the deleter (the default).
+    Serve,
+    /// Run by the chart before `helm uninstall` removes anything: stop new drains, let the
+    /// running ones finish (up to --wait-seconds, then delete what is left at once), stop the
+    /// replicas and remove the Lease.
+    Uninstall(UninstallArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UninstallArgs {
+    /// The product's Deployment (in --namespace), scaled to zero before the Lease is removed.
+    #[arg(long, env = "PGD_DEPLOYMENT")]
+    pub deployment: String,
+    /// Longest wait for running drains to finish on their own.
+    #[arg(long, env = "PGD_UNINSTALL_WAIT_SECONDS", default_value_t = 120)]
+    pub wait_seconds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -132,6 +174,10 @@ pub enum ConfigError {
     Lease(u64),
     #[error("--{0} must not be empty")]
     Empty(&'static str),
+    #[error("--cert-seconds must be at least 60 and at most --ca-seconds, got {cert} and {ca}")]
+    CertLifetimes { cert: i64, ca: i64 },
+    #[error("--tls-manage needs --tls-secret")]
+    ManageWithoutSecret,
 }
 
 impl Args {
@@ -150,8 +196,18 @@ impl Args {
         if self.hold_seconds == 0 || self.hold_seconds >= WEBHOOK_TIMEOUT_CEILING.as_secs() {
             return Err(ConfigError::Hold(self.hold_seconds));
         }
+        if self.cert_seconds < 60 || self.cert_seconds > self.ca_seconds {
+            return Err(ConfigError::CertLifetimes {
+                cert: self.cert_seconds,
+                ca: self.ca_seconds,
+            });
+        }
+        if self.tls_manage && self.tls_secret.is_none() {
+            return Err(ConfigError::ManageWithoutSecret);
+        }
         for (name, value) in [
             ("namespace", &self.namespace),
+            ("service-name", &self.service_name),
             ("service-account", &self.service_account),
             ("identity", &self.identity),
             ("lease-name", &self.lease_name),
@@ -170,6 +226,17 @@ impl Args {
             "system:serviceaccount:{}:{}",
             self.namespace, self.service_account
         )
+    }
+
+    /// The names the API server may use for our Service.
+    pub fn dns_names(&self) -> Vec<String> {
+        let (svc, ns) = (&self.service_name, &self.namespace);
+        vec![
+            format!("{svc}.{ns}.svc"),
+            format!("{svc}.{ns}.svc.cluster.local"),
+            format!("{svc}.{ns}"),
+            svc.clone(),
+        ]
     }
 
     pub fn policy(&self) -> Policy {
@@ -260,5 +327,42 @@ mod tests {
         );
         assert!(Args::try_parse_from(["pgd", "--drain-seconds", "-1"]).is_err());
         assert!(Args::try_parse_from(["pgd", "--on-long-drain", "maybe"]).is_err());
+        assert_eq!(
+            args(&["--cert-seconds", "30"]).validate(),
+            Err(ConfigError::CertLifetimes {
+                cert: 30,
+                ca: 10 * 365 * 24 * 3600
+            })
+        );
+        assert_eq!(
+            args(&["--tls-manage", "true"]).validate(),
+            Err(ConfigError::ManageWithoutSecret)
+        );
+    }
+
+    #[test]
+    fn the_uninstall_subcommand_parses() {
+        let a = args(&["--instance", "x", "uninstall", "--deployment", "pgd"]);
+        match a.command {
+            Some(Command::Uninstall(u)) => {
+                assert_eq!(u.deployment, "pgd");
+                assert_eq!(u.wait_seconds, 120);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(a.instance, "x");
+        assert!(args(&["serve"]).command.is_some());
+        assert_eq!(
+            args(&[
+                "--tls-secret",
+                "s",
+                "--tls-manage",
+                "true",
+                "--service-name",
+                "web"
+            ])
+            .dns_names()[0],
+            "web.pod-graceful-drain.svc"
+        );
     }
 }

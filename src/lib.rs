@@ -8,6 +8,8 @@
 
 pub mod admission;
 pub mod budget_writes;
+pub mod cert_secret;
+pub mod certs;
 pub mod cluster_view;
 pub mod config;
 pub mod decision;
@@ -24,6 +26,7 @@ pub mod selector;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod uninstall;
 
 #[cfg(test)]
 mod test_support;

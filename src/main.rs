@@ -9,14 +9,17 @@ use anyhow::Context as _;
 use axum_server::tls_rustls::RustlsConfig;
 use clap::Parser;
 use pod_graceful_drain::admission::Admission;
+use pod_graceful_drain::cert_secret::{self, CertSecret, Manage};
+use pod_graceful_drain::certs::Want;
 use pod_graceful_drain::cluster_view::ClusterView;
-use pod_graceful_drain::config::Args;
+use pod_graceful_drain::config::{Args, Command, UninstallArgs};
 use pod_graceful_drain::deleter::Deleter;
 use pod_graceful_drain::events::Events;
 use pod_graceful_drain::leader::Election;
 use pod_graceful_drain::server::{self, Readiness};
 use pod_graceful_drain::telemetry;
 use pod_graceful_drain::tls::ReloadingCert;
+use pod_graceful_drain::uninstall::Uninstall;
 use tokio::sync::watch;
 
 #[tokio::main]
@@ -25,7 +28,71 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     args.validate().context("invalid configuration")?;
     let _telemetry = telemetry::init(args.log_format);
-    run(args).await
+    match &args.command {
+        Some(Command::Uninstall(u)) => uninstall(&args, u).await,
+        Some(Command::Serve) | None => run(args).await,
+    }
+}
+
+async fn uninstall(args: &Args, u: &UninstallArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    Uninstall {
+        client,
+        namespace: args.namespace.clone(),
+        instance: args.instance.clone(),
+        webhook_configuration: args.webhook_configuration.clone(),
+        deployment: u.deployment.clone(),
+        lease_name: args.lease_name.clone(),
+        wait: Duration::from_secs(u.wait_seconds),
+        bounds: args.policy().bounds,
+    }
+    .run()
+    .await;
+    Ok(())
+}
+
+/// The serving certificate: from the Secret (kept there by us or by cert-manager) or from files.
+async fn serving_cert(args: &Args, client: &kube::Client) -> anyhow::Result<Arc<ReloadingCert>> {
+    let Some(secret) = &args.tls_secret else {
+        let cert = ReloadingCert::load(&args.tls_cert_file, &args.tls_key_file)
+            .context("loading the serving certificate")?;
+        cert.clone().watch_files(
+            args.tls_cert_file.clone(),
+            args.tls_key_file.clone(),
+            Duration::from_secs(2),
+        );
+        return Ok(cert);
+    };
+    let cert = ReloadingCert::empty();
+    let keeper = CertSecret {
+        client: client.clone(),
+        namespace: args.namespace.clone(),
+        name: secret.clone(),
+        manage: args.tls_manage.then(|| Manage {
+            want: Want {
+                dns_names: args.dns_names(),
+                ca_seconds: args.ca_seconds,
+                serving_seconds: args.cert_seconds,
+            },
+            webhook_configuration: args.webhook_configuration.clone(),
+        }),
+        cert: cert.clone(),
+        field_manager: "pod-graceful-drain".into(),
+    };
+    // Not ready without a certificate: keep trying until the first one is served.
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match keeper.round().await {
+            Ok(_) => break,
+            Err(e) => tracing::warn!(error = %e, "no serving certificate yet"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(cert_secret::POLL);
+    }
+    keeper.spawn();
+    Ok(cert)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -36,9 +103,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
-    let cert = ReloadingCert::load(&args.tls_cert_file, &args.tls_key_file)
-        .context("loading the serving certificate")?;
-    cert.clone().watch(Duration::from_secs(2));
+    let cert = serving_cert(&args, &client).await?;
     let tls = RustlsConfig::from_config(Arc::new(cert.server_config()?));
 
     let view = ClusterView::start(client.clone());

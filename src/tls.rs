@@ -1,5 +1,6 @@
-//! The webhook's serving certificate: read from files, served through a resolver that is swapped in
-//! place when the files change, so a rotated certificate is picked up without a restart.
+//! The webhook's serving certificate, served through a resolver that is swapped in place when a
+//! new pair arrives (from files, or from the Secret `cert_secret` keeps), so a rotated certificate
+//! is picked up without a restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -20,20 +21,19 @@ pub enum TlsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} holds no PEM certificate")]
-    NoCertificate { path: PathBuf },
-    #[error("{path} holds no usable PEM private key: {reason}")]
-    BadKey { path: PathBuf, reason: String },
+    #[error("{origin} holds no PEM certificate")]
+    NoCertificate { origin: String },
+    #[error("{origin} holds no usable PEM private key: {reason}")]
+    BadKey { origin: String, reason: String },
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
 }
 
-/// Serves whatever certificate was loaded last.
+/// Serves whatever certificate was loaded last; none before the first (handshakes then fail and
+/// the process is not ready).
 #[derive(Debug)]
 pub struct ReloadingCert {
-    current: RwLock<Arc<CertifiedKey>>,
-    cert_file: PathBuf,
-    key_file: PathBuf,
+    current: RwLock<Option<Arc<CertifiedKey>>>,
     provider: Arc<CryptoProvider>,
     loaded: RwLock<(Vec<u8>, Vec<u8>)>,
 }
@@ -48,8 +48,7 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 fn certified_key(
     cert_pem: &[u8],
     key_pem: &[u8],
-    cert_file: &Path,
-    key_file: &Path,
+    origin: &str,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
@@ -57,70 +56,80 @@ fn certified_key(
         .collect();
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
-            path: cert_file.to_path_buf(),
+            origin: origin.to_string(),
         });
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::BadKey {
-        path: key_file.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let bad_key = |reason: String| TlsError::BadKey {
+        origin: origin.to_string(),
+        reason,
+    };
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| bad_key(e.to_string()))?;
     let signing = provider
         .key_provider
         .load_private_key(key)
-        .map_err(|e| TlsError::BadKey {
-            path: key_file.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-    Ok(CertifiedKey::new(certs, signing))
+        .map_err(|e| bad_key(e.to_string()))?;
+    let certified = CertifiedKey::new(certs, signing);
+    certified
+        .keys_match()
+        .map_err(|e| bad_key(format!("the key does not match the certificate: {e}")))?;
+    Ok(certified)
 }
 
 impl ReloadingCert {
-    /// Loads the pair once; fails when it cannot (the process is not ready without a certificate).
-    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Arc<ReloadingCert>, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let (cert_pem, key_pem) = (read(cert_file)?, read(key_file)?);
-        let key = certified_key(&cert_pem, &key_pem, cert_file, key_file, &provider)?;
-        Ok(Arc::new(ReloadingCert {
-            current: RwLock::new(Arc::new(key)),
-            cert_file: cert_file.to_path_buf(),
-            key_file: key_file.to_path_buf(),
-            provider,
-            loaded: RwLock::new((cert_pem, key_pem)),
-        }))
+    pub fn empty() -> Arc<ReloadingCert> {
+        Arc::new(ReloadingCert {
+            current: RwLock::new(None),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            loaded: RwLock::new((Vec::new(), Vec::new())),
+        })
     }
 
-    /// Re-reads the files; swaps the certificate when they changed and form a valid pair.
-    /// Returns whether a new certificate is now served. A half-written or bad pair is ignored
-    /// (the previous certificate stays) and reported.
-    pub fn reload(&self) -> Result<bool, TlsError> {
-        let (cert_pem, key_pem) = (read(&self.cert_file)?, read(&self.key_file)?);
+    /// Loads the pair from files once; fails when it cannot.
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Arc<ReloadingCert>, TlsError> {
+        let cert = ReloadingCert::empty();
+        cert.reload_files(cert_file, key_file)?;
+        Ok(cert)
+    }
+
+    /// Serves this pair from now on if it differs from the current one and is valid. Returns
+    /// whether a new certificate is now served. A half-written or bad pair is refused (the
+    /// previous certificate stays).
+    pub fn set_pem(&self, cert_pem: &[u8], key_pem: &[u8], origin: &str) -> Result<bool, TlsError> {
         {
             let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner());
-            if loaded.0 == cert_pem && loaded.1 == key_pem {
+            if loaded.0 == cert_pem && loaded.1 == key_pem && self.has_cert() {
                 return Ok(false);
             }
         }
-        let key = certified_key(
-            &cert_pem,
-            &key_pem,
-            &self.cert_file,
-            &self.key_file,
-            &self.provider,
-        )?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
-        *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = (cert_pem, key_pem);
+        let key = certified_key(cert_pem, key_pem, origin, &self.provider)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(key));
+        *self.loaded.write().unwrap_or_else(|e| e.into_inner()) =
+            (cert_pem.to_vec(), key_pem.to_vec());
         Ok(true)
     }
 
+    pub fn has_cert(&self) -> bool {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// Re-reads the files; see `set_pem`.
+    pub fn reload_files(&self, cert_file: &Path, key_file: &Path) -> Result<bool, TlsError> {
+        let (cert_pem, key_pem) = (read(cert_file)?, read(key_file)?);
+        self.set_pem(&cert_pem, &key_pem, &cert_file.display().to_string())
+    }
+
     /// Polls the files every `period` until the process ends.
-    pub fn watch(self: Arc<Self>, period: Duration) {
+    pub fn watch_files(self: Arc<Self>, cert_file: PathBuf, key_file: PathBuf, period: Duration) {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
-                match self.reload() {
+                match self.reload_files(&cert_file, &key_file) {
                     Ok(true) => {
-                        tracing::info!(cert = %self.cert_file.display(), "serving certificate reloaded")
+                        tracing::info!(cert = %cert_file.display(), "serving certificate reloaded")
                     }
                     Ok(false) => {}
                     Err(e) => {
@@ -144,12 +153,10 @@ impl ReloadingCert {
 
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        )
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -167,7 +174,7 @@ mod tests {
     }
 
     fn served(c: &ReloadingCert) -> Vec<u8> {
-        c.current.read().unwrap().cert[0].to_vec()
+        c.current.read().unwrap().as_ref().unwrap().cert[0].to_vec()
     }
 
     #[test]
@@ -181,26 +188,32 @@ mod tests {
         let cert = ReloadingCert::load(&crt, &key).unwrap();
         let first = served(&cert);
         assert!(
-            !cert.reload().unwrap(),
+            !cert.reload_files(&crt, &key).unwrap(),
             "unchanged files are not a rotation"
         );
 
         let (c2, k2) = pair("two.test");
         std::fs::write(&crt, &c2).unwrap();
         std::fs::write(&key, &k2).unwrap();
-        assert!(cert.reload().unwrap());
+        assert!(cert.reload_files(&crt, &key).unwrap());
         let second = served(&cert);
         assert_ne!(first, second);
 
         std::fs::write(&key, "not a key").unwrap();
-        assert!(matches!(cert.reload(), Err(TlsError::BadKey { .. })));
+        assert!(matches!(
+            cert.reload_files(&crt, &key),
+            Err(TlsError::BadKey { .. })
+        ));
         assert_eq!(
             served(&cert),
             second,
             "a broken pair must not replace a good one"
         );
         std::fs::write(&crt, "").unwrap();
-        assert!(matches!(cert.reload(), Err(TlsError::NoCertificate { .. })));
+        assert!(matches!(
+            cert.reload_files(&crt, &key),
+            Err(TlsError::NoCertificate { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(matches!(
             ReloadingCert::load(&crt, &key),
