@@ -158,6 +158,9 @@ pub struct UninstallArgs {
     /// Longest wait for running drains to finish on their own.
     #[arg(long, env = "PGD_UNINSTALL_WAIT_SECONDS", default_value_t = 120)]
     pub wait_seconds: u64,
+    /// Secrets of our namespace to delete last (cert-manager's, which it leaves behind).
+    #[arg(long, env = "PGD_UNINSTALL_DELETE_SECRETS", value_delimiter = ',')]
+    pub delete_secrets: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

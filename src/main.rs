@@ -45,6 +45,7 @@ async fn uninstall(args: &Args, u: &UninstallArgs) -> anyhow::Result<()> {
         webhook_configuration: args.webhook_configuration.clone(),
         deployment: u.deployment.clone(),
         lease_name: args.lease_name.clone(),
+        delete_secrets: u.delete_secrets.clone(),
         wait: Duration::from_secs(u.wait_seconds),
         bounds: args.policy().bounds,
     }

@@ -7,7 +7,8 @@
 //!    request carried): cut short, but never left isolated with nobody to delete them;
 //! 4. scale the Deployment to zero and wait for its pods to stop, so no replica can recreate the
 //!    Lease after step 5;
-//! 5. delete the Lease. (The chart owns the certificate Secret; helm deletes it.)
+//! 5. delete the Lease, and the Secrets cert-manager made when it made them (the chart owns the
+//!    self-managed certificate Secret; helm deletes that one).
 //!
 //! Every step is idempotent: a hook that is run again, or after a partial run, finishes the job.
 //! Failures are reported and the next step still runs: an uninstall must not get stuck on us.
@@ -19,7 +20,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -35,6 +36,7 @@ pub struct Uninstall {
     pub webhook_configuration: Option<String>,
     pub deployment: String,
     pub lease_name: String,
+    pub delete_secrets: Vec<String>,
     pub wait: Duration,
     pub bounds: DrainBounds,
 }
@@ -87,6 +89,10 @@ impl Uninstall {
                 .delete(&self.lease_name, &dp)
                 .await,
         );
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        for name in self.delete_secrets.iter().filter(|n| !n.is_empty()) {
+            report("delete a Secret", secrets.delete(name, &dp).await);
+        }
         tracing::info!(cut_short = cut, "uninstall preparation done");
         cut
     }

@@ -1,0 +1,83 @@
+{{- define "pgd.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "pgd.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The product excludes its own pods by app.kubernetes.io/name=pod-graceful-drain. */}}
+{{- define "pgd.selectorLabels" -}}
+app.kubernetes.io/name: pod-graceful-drain
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: webhook
+{{- end -}}
+
+{{- define "pgd.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: pod-graceful-drain
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "pgd.instance" -}}
+{{- default (printf "%s.%s" .Release.Namespace .Release.Name) .Values.instance | trunc 63 | trimSuffix "-" | trimSuffix "." -}}
+{{- end -}}
+
+{{- define "pgd.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "pgd.tlsSecret" -}}{{ include "pgd.fullname" . }}-tls{{- end -}}
+
+{{- define "pgd.excludedNamespaces" -}}
+{{- $all := concat (list "kube-system" .Release.Namespace) .Values.excludedNamespaces | uniq -}}
+{{- join "," $all -}}
+{{- end -}}
+
+{{/* Cross-field checks the schema cannot express; each message names the values. */}}
+{{- define "pgd.validate" -}}
+{{- $d := .Values.drain -}}
+{{- if gt (int $d.minSeconds) (int $d.seconds) -}}
+{{- fail (printf "drain.minSeconds (%v) must not exceed drain.seconds (%v)" $d.minSeconds $d.seconds) -}}
+{{- end -}}
+{{- if gt (int $d.seconds) (int $d.maxSeconds) -}}
+{{- fail (printf "drain.seconds (%v) must not exceed drain.maxSeconds (%v)" $d.seconds $d.maxSeconds) -}}
+{{- end -}}
+{{- if gt (int .Values.tls.certSeconds) (int .Values.tls.caSeconds) -}}
+{{- fail (printf "tls.certSeconds (%v) must not exceed tls.caSeconds (%v)" .Values.tls.certSeconds .Values.tls.caSeconds) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Environment shared by the replicas and the uninstall hook. */}}
+{{- define "pgd.commonEnv" -}}
+- name: POD_NAMESPACE
+  valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+- name: POD_NAME
+  valueFrom: {fieldRef: {fieldPath: metadata.name}}
+- name: PGD_INSTANCE
+  value: {{ include "pgd.instance" . | quote }}
+- name: PGD_SERVICE_ACCOUNT
+  value: {{ include "pgd.fullname" . | quote }}
+- name: PGD_WEBHOOK_CONFIGURATION
+  value: {{ include "pgd.fullname" . | quote }}
+- name: PGD_LEASE_NAME
+  value: {{ include "pgd.fullname" . | quote }}
+- name: PGD_DRAIN_SECONDS
+  value: {{ .Values.drain.seconds | quote }}
+- name: PGD_DRAIN_MIN_SECONDS
+  value: {{ .Values.drain.minSeconds | quote }}
+- name: PGD_DRAIN_MAX_SECONDS
+  value: {{ .Values.drain.maxSeconds | quote }}
+- name: PGD_LOG_FORMAT
+  value: {{ .Values.log.format | quote }}
+- name: RUST_LOG
+  value: {{ .Values.log.level | quote }}
+{{- end -}}
