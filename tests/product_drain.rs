@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use pgd_testbed::product::{Install, Options};
+use pgd_testbed::product::{Install, Options, PRODUCT_PODS};
 use pgd_testbed::wait::{self, conditions};
 use pgd_testbed::{TestEnv, kubectl};
 use pod_graceful_drain::schedule;
@@ -142,7 +142,6 @@ async fn a_persons_delete_is_held_and_exits_zero() -> anyhow::Result<()> {
     let env = TestEnv::new("held").await?;
     let _install = Install::new(&env, Options::default()).await?;
     env.serve_demo("web", 2, json!({})).await?;
-    let _deployments: Api<Deployment> = env.api();
     let pods: Api<Pod> = env.api();
     let victim = pods
         .list(&ListParams::default().labels("app=web"))
@@ -226,9 +225,8 @@ async fn scale_down_keeps_removed_pods_serving_until_delete_at() -> anyhow::Resu
 #[tokio::test]
 async fn a_replica_stopping_finishes_the_requests_it_holds() -> anyhow::Result<()> {
     let env = TestEnv::new("sigterm").await?;
-    let _install = Install::new(&env, Options::default()).await?;
+    let install = Install::new(&env, Options::default()).await?;
     env.serve_demo("web", 2, json!({})).await?;
-    let _deployments: Api<Deployment> = env.api();
     let pods: Api<Pod> = env.api();
     let victim = pods
         .list(&ListParams::default().labels("app=web"))
@@ -255,11 +253,13 @@ async fn a_replica_stopping_finishes_the_requests_it_holds() -> anyhow::Result<(
         |p: Option<&Pod>| p.is_some_and(|p| p.labels().contains_key(schedule::DRAINING_LABEL)),
     )
     .await?;
-    pods.delete_collection(
-        &kube::api::DeleteParams::default(),
-        &ListParams::default().labels("app.kubernetes.io/name=pod-graceful-drain"),
-    )
-    .await?;
+    install
+        .api::<Pod>()
+        .delete_collection(
+            &kube::api::DeleteParams::default(),
+            &ListParams::default().labels(PRODUCT_PODS),
+        )
+        .await?;
     let out = tokio::task::spawn_blocking(move || held.wait_with_output()).await??;
     eprintln!(
         "held kubectl delete answered after {:?} while its replica stopped",

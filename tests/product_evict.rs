@@ -215,7 +215,7 @@ async fn pods_not_serving_dry_runs_and_opted_out_pods_pass_at_once() -> anyhow::
 async fn excluded_namespaces_pass_at_once() -> anyhow::Result<()> {
     let env = TestEnv::new("excluded").await?;
     let opts = Options {
-        excluded_namespaces: format!("kube-system,{}", env.namespace),
+        excluded_namespaces: vec![env.namespace.clone()],
         ..Options::default()
     };
     let _install = Install::new(&env, opts).await?;

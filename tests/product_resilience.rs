@@ -12,7 +12,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 use kube::runtime::wait::conditions::is_deleted;
 use kube::{Api, ResourceExt};
-use pgd_testbed::product::{Install, Options};
+use pgd_testbed::product::{Install, Options, PRODUCT_PODS};
 use pgd_testbed::wait::{self, conditions};
 use pgd_testbed::{TestEnv, kubectl};
 use pod_graceful_drain::schedule;
@@ -45,13 +45,13 @@ async fn deleted_by(api: &Api<Pod>, pod: &Pod, deadline: Timestamp) -> anyhow::R
 #[tokio::test]
 async fn killing_the_leader_mid_drain_still_deletes_on_time() -> anyhow::Result<()> {
     let env = TestEnv::new("failover").await?;
-    let _install = Install::new(&env, Options::default()).await?;
+    let install = Install::new(&env, Options::default()).await?;
     let pods = app(&env, 2).await?;
     let api: Api<Pod> = env.api();
-    let leases: Api<Lease> = env.api();
+    let leases: Api<Lease> = install.api();
     let leader = wait::until(
         &leases,
-        "pod-graceful-drain",
+        &install.name,
         "a leader",
         Duration::from_secs(30),
         |l: Option<&Lease>| {
@@ -64,7 +64,7 @@ async fn killing_the_leader_mid_drain_still_deletes_on_time() -> anyhow::Result<
     .expect("a holder");
     let delete_at = start_drain(&api, &pods[0].name_any()).await?;
     // kill -9: no grace, no SIGTERM handling, the Lease is not released.
-    api.delete(
+    install.api::<Pod>().delete(
         &leader,
         &DeleteParams {
             grace_period_seconds: Some(0),
@@ -87,7 +87,7 @@ async fn killing_the_leader_mid_drain_still_deletes_on_time() -> anyhow::Result<
 #[tokio::test]
 async fn restarting_every_replica_mid_drain_loses_no_schedule() -> anyhow::Result<()> {
     let env = TestEnv::new("restart-all").await?;
-    let _install = Install::new(
+    let install = Install::new(
         &env,
         Options {
             drain_seconds: 15,
@@ -102,15 +102,17 @@ async fn restarting_every_replica_mid_drain_loses_no_schedule() -> anyhow::Resul
         deadlines.push(start_drain(&api, &p.name_any()).await?);
     }
     // Every replica goes at once (graceful stop: the leader releases the Lease).
-    api.delete_collection(
-        &DeleteParams::default(),
-        &ListParams::default().labels("app.kubernetes.io/name=pod-graceful-drain"),
-    )
-    .await?;
-    let deployments: Api<Deployment> = env.api();
+    install
+        .api::<Pod>()
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels(PRODUCT_PODS),
+        )
+        .await?;
+    let deployments: Api<Deployment> = install.api();
     wait::until(
         &deployments,
-        "pod-graceful-drain",
+        &install.name,
         "new replicas",
         Duration::from_secs(60),
         conditions::deployment_complete,
@@ -132,16 +134,12 @@ async fn restarting_every_replica_mid_drain_loses_no_schedule() -> anyhow::Resul
 async fn a_mangled_schedule_gets_a_warning_and_the_pod_is_deleted_at_a_sane_time()
 -> anyhow::Result<()> {
     let env = TestEnv::new("mangled").await?;
-    let opts = Options {
-        drain_seconds: 30,
-        extra_env: vec![("PGD_DRAIN_MAX_SECONDS".into(), "12".into())],
-        ..Options::default()
-    };
     let _install = Install::new(
         &env,
         Options {
             drain_seconds: 10,
-            ..opts
+            values: vec![("drain.maxSeconds".into(), "12".into())],
+            ..Options::default()
         },
     )
     .await?;

@@ -71,11 +71,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - name: PGD_LEASE_NAME
   value: {{ include "pgd.fullname" . | quote }}
 - name: PGD_DRAIN_SECONDS
-  value: {{ .Values.drain.seconds | quote }}
+  value: {{ .Values.drain.seconds | int64 | quote }}
 - name: PGD_DRAIN_MIN_SECONDS
-  value: {{ .Values.drain.minSeconds | quote }}
+  value: {{ .Values.drain.minSeconds | int64 | quote }}
 - name: PGD_DRAIN_MAX_SECONDS
-  value: {{ .Values.drain.maxSeconds | quote }}
+  value: {{ .Values.drain.maxSeconds | int64 | quote }}
 - name: PGD_LOG_FORMAT
   value: {{ .Values.log.format | quote }}
 - name: RUST_LOG

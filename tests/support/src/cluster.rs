@@ -139,6 +139,19 @@ pub fn kubectl(target: &Target) -> Command {
     }
 }
 
+/// A `helm` command for the cluster under test (the testbed's own helm, run inside its network;
+/// or `helm` from PATH with the external kubeconfig).
+pub fn helm(target: &Target) -> Command {
+    match target {
+        Target::Testbed { scripts, .. } => Command::new(scripts.join("helm")),
+        Target::External { kubeconfig } => {
+            let mut c = Command::new("helm");
+            c.arg("--kubeconfig").arg(kubeconfig);
+            c
+        }
+    }
+}
+
 /// Names of the nodes that are Ready, schedulable and untainted (where test pods can go), sorted.
 pub async fn nodes_ready_schedulable(client: &Client) -> Result<Vec<String>> {
     let nodes = Api::<Node>::all(client.clone())

@@ -35,27 +35,7 @@ impl TestEnv {
             .map(|d| d.as_micros() % 1_000_000)
             .unwrap_or(0);
         let namespace = format!("pgd-{name}-{suffix:06}");
-        let ns: Namespace = serde_json::from_value(json!({
-            "metadata": {"name": namespace, "labels": {TEST_NAMESPACE_LABEL: "true"}}
-        }))
-        .expect("static namespace manifest");
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await?;
-        let guard = NamespaceGuard {
-            target,
-            name: namespace.clone(),
-        };
-        // Pods cannot be created before the ServiceAccount controller has made `default`.
-        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
-        wait::until(
-            &sas,
-            "default",
-            "the namespace's default ServiceAccount",
-            Duration::from_secs(30),
-            |sa: Option<&ServiceAccount>| sa.is_some(),
-        )
-        .await?;
+        let guard = create_namespace(target, &client, &namespace).await?;
         Ok(TestEnv {
             target,
             client,
@@ -110,7 +90,37 @@ impl TestEnv {
     }
 }
 
-struct NamespaceGuard {
+/// Creates a labelled namespace, ready for pods, deleted when the guard drops.
+pub(crate) async fn create_namespace(
+    target: &'static Target,
+    client: &Client,
+    namespace: &str,
+) -> Result<NamespaceGuard> {
+    let ns: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": namespace, "labels": {TEST_NAMESPACE_LABEL: "true"}}
+    }))
+    .expect("static namespace manifest");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
+    let guard = NamespaceGuard {
+        target,
+        name: namespace.to_string(),
+    };
+    // Pods cannot be created before the ServiceAccount controller has made `default`.
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    wait::until(
+        &sas,
+        "default",
+        "the namespace's default ServiceAccount",
+        Duration::from_secs(30),
+        |sa: Option<&ServiceAccount>| sa.is_some(),
+    )
+    .await?;
+    Ok(guard)
+}
+
+pub(crate) struct NamespaceGuard {
     target: &'static Target,
     name: String,
 }

@@ -1,41 +1,44 @@
-//! Installs pod-graceful-drain from its image into a test namespace, the way a user would run it:
-//! a ServiceAccount with only the permissions it needs, a TLS Secret from a CA made here, a
-//! multi-replica Deployment behind a Service, and webhook configurations with `service:`
-//! clientConfigs. The webhooks only watch the namespaces labelled for this installation, so tests
-//! running side by side do not disturb each other. Cluster-scoped objects are removed on drop.
+//! Installs pod-graceful-drain from its chart (`chart/`), the way a user does: `helm install` of
+//! the image built by `testbed/images/build-product`, into a release namespace of its own
+//! (`<test namespace>-pgd`), so every product test runs under the chart's ServiceAccount and RBAC.
+//! The webhooks only watch namespaces labelled for this installation, so tests running side by
+//! side do not disturb each other. Dropping the Install removes the release and its namespace.
 
+use std::path::PathBuf;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
-use serde_json::{Value, json};
 
-use crate::cluster::Target;
+use crate::cluster::{Target, helm};
 use crate::error::{Error, Result};
-use crate::namespace::TestEnv;
+use crate::namespace::{NamespaceGuard, TestEnv, create_namespace};
 use crate::wait::{self, conditions};
 
-pub const IMAGE: &str = "localhost/pod-graceful-drain:dev";
+pub const IMAGE_REPOSITORY: &str = "localhost/pod-graceful-drain";
+pub const IMAGE_TAG: &str = "dev";
 /// Label that makes a namespace subject to a given installation's webhooks.
 pub const WATCH_LABEL: &str = "pod-graceful-drain.io/test-install";
+/// Label of the product's own pods.
+pub const PRODUCT_PODS: &str = "app.kubernetes.io/name=pod-graceful-drain,app.kubernetes.io/component=webhook";
 
-pub struct Install {
-    target: &'static Target,
-    name: String,
+pub fn chart_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../chart")
 }
 
 pub struct Options {
     pub replicas: i32,
     pub drain_seconds: u64,
     pub hold_seconds: u64,
-    /// PGD_EXCLUDED_NAMESPACES.
-    pub excluded_namespaces: String,
+    /// Namespaces excluded besides kube-system and the release namespace.
+    pub excluded_namespaces: Vec<String>,
+    /// Extra `--set key=value` chart values.
+    pub values: Vec<(String, String)>,
+    /// Extra environment of the replicas (chart value extraEnv).
     pub extra_env: Vec<(String, String)>,
 }
 
@@ -45,229 +48,194 @@ impl Default for Options {
             replicas: 2,
             drain_seconds: 8,
             hold_seconds: 20,
-            excluded_namespaces: "kube-system".into(),
+            excluded_namespaces: vec![],
+            values: vec![],
             extra_env: vec![],
         }
     }
 }
 
-fn tls_pair(host: &str) -> Result<(String, String, String)> {
-    let err = |e: rcgen::Error| Error::Unexpected(format!("certificate: {e}"));
-    let ca_key = rcgen::KeyPair::generate().map_err(err)?;
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).map_err(err)?;
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().map_err(err)?;
-    let cert = rcgen::CertificateParams::new(vec![host.to_string()])
-        .map_err(err)?
-        .signed_by(&key, &issuer)
-        .map_err(err)?;
-    Ok((ca.pem(), cert.pem(), key.serialize_pem()))
+pub struct Install {
+    target: &'static Target,
+    pub client: kube::Client,
+    /// The release (and the Lease, Deployment, Service... name: the chart's fullname).
+    pub release: String,
+    pub name: String,
+    /// The release namespace.
+    pub namespace: String,
+    removed: bool,
+    _namespace: NamespaceGuard,
 }
 
-fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).expect("static manifest")
+/// Runs a command off the async runtime; fails with its output when it fails.
+async fn run(what: String, mut cmd: Command) -> Result<Output> {
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .map_err(|e| Error::Unexpected(format!("{what}: {e}")))?
+        .map_err(|e| Error::Unexpected(format!("{what}: {e}")))?;
+    check(&what, out)
 }
 
-/// The permissions the product uses, each for a reason (see SECURITY.md when it lands).
-fn cluster_rules() -> Value {
-    json!([
-        // watch Services and budgets (caches); read the pod of an eviction; isolate and delete pods
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch", "delete"]},
-        {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]},
-        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
-        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["get", "list", "watch"]},
-        // record an eviction's disruption as the eviction handler does
-        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets/status"], "verbs": ["update"]},
-        // a pod's controller's selector
-        {"apiGroups": ["apps"], "resources": ["replicasets", "statefulsets", "daemonsets"], "verbs": ["get"]},
-        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get"]},
-        // never delete a pod still ready in an EndpointSlice
-        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list"]},
-        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}
-    ])
+fn check(what: &str, out: Output) -> Result<Output> {
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(Error::Unexpected(format!(
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    }
 }
 
 impl Install {
-    /// Installs into the test's namespace and waits until every replica is ready. Pods in
-    /// namespaces labelled `WATCH_LABEL=<namespace>` are then subject to it; the test's own
-    /// namespace is labelled.
+    /// `helm install` with values for tests (short drains and leases), waiting until every
+    /// replica is ready and the CA bundle is injected. Pods in namespaces labelled
+    /// `WATCH_LABEL=<test namespace>` are then subject to it; the test's own namespace is labelled.
     pub async fn new(env: &TestEnv, opts: Options) -> Result<Install> {
-        let ns = env.namespace.clone();
-        let name = format!("pgd-{ns}");
-        let client = env.client.clone();
+        let namespace = format!("{}-pgd", env.namespace);
+        let guard = create_namespace(env.target, &env.client, &namespace).await?;
+        let release = env.namespace.clone();
         let install = Install {
             target: env.target,
-            name: name.clone(),
+            client: env.client.clone(),
+            name: format!("{release}-pod-graceful-drain"),
+            release,
+            namespace,
+            removed: false,
+            _namespace: guard,
         };
-        let (ca, cert, key) = tls_pair(&format!("pod-graceful-drain.{ns}.svc"))?;
-        let pp = PostParams::default();
-        env.api::<ServiceAccount>()
-            .create(
-                &pp,
-                &obj(json!({"metadata": {"name": "pod-graceful-drain"}})),
-            )
-            .await?;
-        Api::<ClusterRole>::all(client.clone())
-            .create(
-                &pp,
-                &obj(json!({"metadata": {"name": name}, "rules": cluster_rules()})),
-            )
-            .await?;
-        Api::<ClusterRoleBinding>::all(client.clone())
-            .create(&pp, &obj(json!({
-                "metadata": {"name": name},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-                "subjects": [{"kind": "ServiceAccount", "name": "pod-graceful-drain", "namespace": ns}]
-            })))
-            .await?;
-        // The Lease lives in the product's own namespace only.
-        env.api::<Role>()
-            .create(&pp, &obj(json!({"metadata": {"name": "leader-election"}, "rules": [
-                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "patch"]}
-            ]})))
-            .await?;
-        env.api::<RoleBinding>()
-            .create(&pp, &obj(json!({
-                "metadata": {"name": "leader-election"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "leader-election"},
-                "subjects": [{"kind": "ServiceAccount", "name": "pod-graceful-drain", "namespace": ns}]
-            })))
-            .await?;
-        env.api::<Secret>()
-            .create(
-                &pp,
-                &obj(json!({
-                    "metadata": {"name": "pod-graceful-drain-tls"}, "type": "kubernetes.io/tls",
-                    "stringData": {"tls.crt": cert, "tls.key": key}
-                })),
-            )
-            .await?;
-        let mut env_vars = vec![
-            json!({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
-            json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
-            json!({"name": "PGD_DRAIN_SECONDS", "value": opts.drain_seconds.to_string()}),
-            json!({"name": "PGD_DRAIN_MIN_SECONDS", "value": "1"}),
-            json!({"name": "PGD_HOLD_SECONDS", "value": opts.hold_seconds.to_string()}),
-            json!({"name": "PGD_EXCLUDED_NAMESPACES", "value": opts.excluded_namespaces}),
-            json!({"name": "PGD_SHUTDOWN_GRACE_SECONDS", "value": "2"}),
-            json!({"name": "PGD_LEASE_SECONDS", "value": "6"}),
+        let mut sets: Vec<(String, String)> = vec![
+            ("image.repository".into(), IMAGE_REPOSITORY.into()),
+            ("image.tag".into(), IMAGE_TAG.into()),
+            ("replicaCount".into(), opts.replicas.to_string()),
+            ("drain.seconds".into(), opts.drain_seconds.to_string()),
+            ("drain.minSeconds".into(), "1".into()),
+            ("holdSeconds".into(), opts.hold_seconds.to_string()),
+            ("shutdownGraceSeconds".into(), "2".into()),
+            ("leaderElection.leaseSeconds".into(), "6".into()),
             // Installations of parallel tests must not act on each other's pods.
-            json!({"name": "PGD_INSTANCE", "value": ns}),
-            json!({"name": "RUST_LOG", "value": "info"}),
+            ("instance".into(), env.namespace.clone()),
+            ("uninstall.waitSeconds".into(), "30".into()),
         ];
-        for (k, v) in &opts.extra_env {
-            env_vars.push(json!({"name": k, "value": v}));
+        sets.extend(opts.values.iter().cloned());
+        let mut cmd = install.helm();
+        cmd.args(["install", &install.release])
+            .arg(chart_dir())
+            .args(["--wait", "--timeout", "120s"]);
+        for (k, v) in &sets {
+            cmd.arg("--set").arg(format!("{k}={v}"));
         }
-        let labels = json!({"app.kubernetes.io/name": "pod-graceful-drain"});
-        let deployments: Api<Deployment> = env.api();
-        deployments
-            .create(&pp, &obj(json!({
-                "metadata": {"name": "pod-graceful-drain"},
-                "spec": {
-                    "replicas": opts.replicas,
-                    "selector": {"matchLabels": labels},
-                    "template": {"metadata": {"labels": labels}, "spec": {
-                        "serviceAccountName": "pod-graceful-drain",
-                        "terminationGracePeriodSeconds": opts.hold_seconds + 10,
-                        "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
-                        "volumes": [{"name": "tls", "secret": {"secretName": "pod-graceful-drain-tls"}}],
-                        "containers": [{
-                            "name": "webhook", "image": IMAGE, "imagePullPolicy": "IfNotPresent",
-                            "env": env_vars,
-                            "ports": [{"name": "https", "containerPort": 9443}, {"name": "health", "containerPort": 8081}],
-                            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "health"}, "periodSeconds": 1},
-                            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "health"}, "periodSeconds": 5},
-                            "volumeMounts": [{"name": "tls", "mountPath": "/tls", "readOnly": true}],
-                            "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
-                                                "capabilities": {"drop": ["ALL"]}}
-                        }]
-                    }}
-                }
-            })))
-            .await?;
-        env.api::<Service>()
-            .create(&pp, &obj(json!({
-                "metadata": {"name": "pod-graceful-drain"},
-                "spec": {"selector": labels, "ports": [{"name": "https", "port": 443, "targetPort": "https"}]}
-            })))
-            .await?;
+        let env_json: Vec<serde_json::Value> = opts
+            .extra_env
+            .iter()
+            .map(|(k, v)| serde_json::json!({"name": k, "value": v}))
+            .collect();
+        cmd.arg("--set-json")
+            .arg(format!("extraEnv={}", serde_json::Value::from(env_json)))
+            .arg("--set-json")
+            .arg(format!(
+                "excludedNamespaces={}",
+                serde_json::Value::from(opts.excluded_namespaces.clone())
+            ))
+            .arg("--set-json")
+            .arg(format!(
+                "namespaceSelector.matchLabels={}",
+                serde_json::json!({WATCH_LABEL: env.namespace})
+            ));
+        run("helm install".into(), cmd).await?;
+        install.wait_ready(opts.replicas as usize).await?;
+        env.label_namespace(WATCH_LABEL, &env.namespace).await?;
+        Ok(install)
+    }
+
+    /// A helm command on this release's namespace.
+    pub fn helm(&self) -> Command {
+        let mut c = helm(self.target);
+        c.args(["--namespace", &self.namespace]);
+        c
+    }
+
+    /// Runs helm with these arguments; fails with its output when it fails.
+    pub async fn run_helm(&self, args: &[&str]) -> Result<Output> {
+        let mut cmd = self.helm();
+        cmd.args(args);
+        run(format!("helm {}", args.first().copied().unwrap_or_default()), cmd).await
+    }
+
+    /// An Api for namespaced objects in the release namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Every replica ready and behind the Service, and the CA bundle in both webhooks.
+    pub async fn wait_ready(&self, replicas: usize) -> Result<()> {
+        let deployments: Api<Deployment> = self.api();
         wait::until(
             &deployments,
-            "pod-graceful-drain",
+            &self.name,
             "pod-graceful-drain to be Available",
-            Duration::from_secs(90),
+            Duration::from_secs(120),
             conditions::deployment_complete,
         )
         .await?;
         wait::service_endpoints_ready(
-            &env.client,
-            &ns,
-            "pod-graceful-drain",
-            opts.replicas as usize,
-            Duration::from_secs(30),
+            &self.client,
+            &self.namespace,
+            &self.name,
+            replicas,
+            Duration::from_secs(60),
         )
         .await?;
+        let injected = |b: Option<&k8s_openapi::ByteString>| b.is_some_and(|b| !b.0.is_empty());
+        wait::until(
+            &Api::<ValidatingWebhookConfiguration>::all(self.client.clone()),
+            &self.name,
+            "the CA bundle in the validating webhook",
+            Duration::from_secs(60),
+            |v: Option<&ValidatingWebhookConfiguration>| {
+                v.and_then(|v| v.webhooks.as_ref())
+                    .is_some_and(|w| w.iter().all(|w| injected(w.client_config.ca_bundle.as_ref())))
+            },
+        )
+        .await?;
+        wait::until(
+            &Api::<MutatingWebhookConfiguration>::all(self.client.clone()),
+            &self.name,
+            "the CA bundle in the mutating webhook",
+            Duration::from_secs(60),
+            |v: Option<&MutatingWebhookConfiguration>| {
+                v.and_then(|v| v.webhooks.as_ref())
+                    .is_some_and(|w| w.iter().all(|w| injected(w.client_config.ca_bundle.as_ref())))
+            },
+        )
+        .await?;
+        Ok(())
+    }
 
-        use base64::Engine as _;
-        let bundle = base64::engine::general_purpose::STANDARD.encode(ca);
-        let webhook = |path: &str, rules: Value| {
-            json!({
-                "name": format!("{}.pod-graceful-drain.io", path.trim_start_matches('/').replace('/', "-")),
-                "admissionReviewVersions": ["v1"],
-                "sideEffects": "NoneOnDryRun",
-                "failurePolicy": "Ignore",
-                "timeoutSeconds": 30,
-                "namespaceSelector": {"matchLabels": {WATCH_LABEL: ns}},
-                "rules": rules,
-                "clientConfig": {"caBundle": bundle,
-                                 "service": {"name": "pod-graceful-drain", "namespace": ns, "port": 443, "path": path}}
-            })
-        };
-        Api::<ValidatingWebhookConfiguration>::all(client.clone())
-            .create(&pp, &obj(json!({"metadata": {"name": name}, "webhooks": [webhook(
-                "/pods/delete",
-                json!([{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["DELETE"], "resources": ["pods"]}]),
-            )]})))
+    /// `helm uninstall` with its hooks (the way a user uninstalls), waiting for it to finish.
+    pub async fn uninstall(mut self) -> Result<Output> {
+        let out = self
+            .run_helm(&["uninstall", &self.release.clone(), "--wait", "--timeout", "300s"])
             .await?;
-        Api::<MutatingWebhookConfiguration>::all(client.clone())
-            .create(&pp, &obj(json!({"metadata": {"name": name}, "webhooks": [webhook(
-                "/pods/eviction",
-                json!([{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods/eviction"]}]),
-            )]})))
-            .await?;
-        env.label_namespace(WATCH_LABEL, &ns).await?;
-        Ok(install)
+        self.removed = true;
+        Ok(out)
     }
 }
 
 impl Drop for Install {
+    /// Removes the release without its hooks (fast); the namespace guard then deletes the
+    /// release namespace.
     fn drop(&mut self) {
-        let target = self.target;
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let Ok(client) = target.client().await else {
-                    return;
-                };
-                let dp = DeleteParams::default();
-                let _ = Api::<ValidatingWebhookConfiguration>::all(client.clone())
-                    .delete(&name, &dp)
-                    .await;
-                let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
-                    .delete(&name, &dp)
-                    .await;
-                let _ = Api::<ClusterRoleBinding>::all(client.clone())
-                    .delete(&name, &dp)
-                    .await;
-                let _ = Api::<ClusterRole>::all(client).delete(&name, &dp).await;
-            })
-        })
-        .join();
+        if self.removed || std::env::var_os(crate::namespace::KEEP_NAMESPACES_ENV).is_some() {
+            return;
+        }
+        let mut cmd = self.helm();
+        cmd.args(["uninstall", &self.release, "--no-hooks", "--wait", "--timeout", "60s"]);
+        let _ = std::thread::spawn(move || cmd.output()).join();
     }
 }
