@@ -28,7 +28,8 @@ pub const CERT: &str = "tls.crt";
 pub const KEY: &str = "tls.key";
 
 /// Certificates start this long before they are made: clocks of the API server and the nodes
-/// may lag ours.
+/// may lag ours. (A serving certificate of a very short life, as in tests, is backdated by a
+/// tenth of its life at most.)
 pub const BACKDATE_SECONDS: i64 = 300;
 /// A new CA signs nothing until it has been in the bundle this long (counted from its start).
 pub const PROMOTE_AFTER_SECONDS: i64 = 15 * 60;
@@ -183,7 +184,7 @@ impl Authority {
         params.distinguished_name = dn;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.not_before = offset(now - BACKDATE_SECONDS)?;
+        params.not_before = offset(now - BACKDATE_SECONDS.min(want.serving_seconds / 10))?;
         // Never outlive the CA that vouches for it.
         params.not_after = offset((now + want.serving_seconds).min(self.cert.not_after))?;
         let cert = params.signed_by(&key, &issuer)?;

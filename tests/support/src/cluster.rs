@@ -139,6 +139,16 @@ pub fn kubectl(target: &Target) -> Command {
     }
 }
 
+/// One of the testbed's own scripts (`images/tag`, say); an error on another cluster.
+pub fn testbed_script(target: &Target, path: &str) -> Result<Command> {
+    match target {
+        Target::Testbed { scripts, .. } => Ok(Command::new(scripts.join(path))),
+        Target::External { .. } => Err(Error::Unexpected(format!(
+            "testbed/{path} needs the testbed, not an external cluster"
+        ))),
+    }
+}
+
 /// A `helm` command for the cluster under test (the testbed's own helm, run inside its network;
 /// or `helm` from PATH with the external kubeconfig).
 pub fn helm(target: &Target) -> Command {

@@ -227,15 +227,42 @@ impl Install {
     }
 }
 
+impl Install {
+    /// The logs of the running replicas.
+    pub fn replica_logs(&self) -> String {
+        let out = crate::cluster::kubectl(self.target)
+            .args(["-n", &self.namespace, "logs", "-l", PRODUCT_PODS])
+            .args(["--tail=-1", "--prefix", "--max-log-requests=10"])
+            .output();
+        match out {
+            Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+            Err(e) => format!("(kubectl logs failed: {e})"),
+        }
+    }
+}
+
 impl Drop for Install {
-    /// Removes the release without its hooks (fast); the namespace guard then deletes the
-    /// release namespace.
+    /// Fails the test when a replica was refused anything by RBAC (the chart's ServiceAccount
+    /// must hold every permission the code uses). Then removes the release without its hooks
+    /// (fast); the namespace guard deletes the release namespace.
     fn drop(&mut self) {
         if self.removed || std::env::var_os(crate::namespace::KEEP_NAMESPACES_ENV).is_some() {
             return;
         }
+        let forbidden: Vec<String> = self
+            .replica_logs()
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().contains("forbidden"))
+            .map(str::to_string)
+            .collect();
         let mut cmd = self.helm();
         cmd.args(["uninstall", &self.release, "--no-hooks", "--wait", "--timeout", "60s"]);
         let _ = std::thread::spawn(move || cmd.output()).join();
+        if !forbidden.is_empty() && !std::thread::panicking() {
+            panic!(
+                "the product was refused by RBAC under the chart's ServiceAccount:\n{}",
+                forbidden.join("\n")
+            );
+        }
     }
 }

@@ -1,0 +1,512 @@
+//! The chart on the real testbed: a default install is highly available and PSS-restricted, the
+//! API server reaches it through its Service, an upgrade under load loses no schedule and keeps the
+//! certificate, a rotated certificate is served without restarts, uninstall leaves nothing, and
+//! bad values are refused.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::scheduling::v1::PriorityClass;
+use kube::api::{EvictParams, ListParams, Patch, PatchParams};
+use kube::runtime::wait::conditions::is_deleted;
+use kube::{Api, ResourceExt};
+use pgd_testbed::fetch::{FetchPod, Traffic};
+use pgd_testbed::product::{Install, Options, PRODUCT_PODS, chart_dir};
+use pgd_testbed::{TestEnv, helm, testbed_script, wait};
+use pod_graceful_drain::schedule;
+use serde_json::json;
+
+fn draining(p: &Pod) -> bool {
+    p.labels().contains_key(schedule::DRAINING_LABEL)
+}
+
+fn delete_at(p: &Pod) -> anyhow::Result<Timestamp> {
+    Ok(p.annotations()
+        .get(schedule::DELETE_AT)
+        .ok_or_else(|| anyhow::anyhow!("{} has no delete-at", p.name_any()))?
+        .parse()?)
+}
+
+/// Evicts `name` and returns the pod as it is once draining.
+async fn evict_and_wait_draining(api: &Api<Pod>, name: &str) -> anyhow::Result<Pod> {
+    api.evict(name, &EvictParams::default()).await?;
+    let pod = wait::until(
+        api,
+        name,
+        "the evicted pod to drain",
+        Duration::from_secs(10),
+        |p: Option<&Pod>| p.is_some_and(draining),
+    )
+    .await?
+    .ok_or_else(|| anyhow::anyhow!("{name} vanished"))?;
+    Ok(pod)
+}
+
+/// Waits until `pod` is gone; fails if it went before `not_before`.
+async fn deleted_between(
+    api: &Api<Pod>,
+    pod: &Pod,
+    not_before: Timestamp,
+    by: Timestamp,
+) -> anyhow::Result<()> {
+    let name = pod.name_any();
+    let left = by.duration_since(Timestamp::now());
+    let left = Duration::try_from(left).unwrap_or(Duration::ZERO) + Duration::from_millis(500);
+    let uid = pod.uid().unwrap_or_default();
+    tokio::time::timeout(
+        left,
+        kube::runtime::wait::await_condition(api.clone(), &name, is_deleted(&uid)),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("{name} was not deleted by {by}"))??;
+    let now = Timestamp::now();
+    // The deletion is observed a moment after it happens; a pod gone before its delete-at would
+    // be seen well before it.
+    assert!(
+        now >= not_before,
+        "{name} was deleted at {now}, before its delete-at {not_before}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_default_install_is_highly_available_and_drains_a_rollout() -> anyhow::Result<()> {
+    let env = TestEnv::new("chart-default").await?;
+    // Default values: only the image and this test's namespace scoping differ.
+    let install = Install::new(
+        &env,
+        Options {
+            replicas: 3,
+            drain_seconds: 90,
+            hold_seconds: 25,
+            values: vec![
+                ("shutdownGraceSeconds".into(), "5".into()),
+                ("leaderElection.leaseSeconds".into(), "15".into()),
+                ("drain.minSeconds".into(), "5".into()),
+            ],
+            ..Options::default()
+        },
+    )
+    .await?;
+    let ns_api: Api<Namespace> = Api::all(env.client.clone());
+    // The replicas satisfy the restricted Pod Security Standard: enforce it and restart them all.
+    ns_api
+        .patch(
+            &install.namespace,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {
+                "pod-security.kubernetes.io/enforce": "restricted"}}})),
+        )
+        .await?;
+    install
+        .run_helm(&["upgrade", &install.release, "--reuse-values", "--wait", "--timeout", "120s"])
+        .await?;
+    let deployments: Api<Deployment> = install.api();
+    deployments
+        .patch(
+            &install.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
+                "test/restarted": Timestamp::now().to_string()}}}}})),
+        )
+        .await?;
+    install.wait_ready(3).await?;
+    let replicas: Api<Pod> = install.api();
+    let running: Vec<Pod> = replicas
+        .list(&ListParams::default().labels(PRODUCT_PODS))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    assert_eq!(running.len(), 3, "three replicas under enforce=restricted");
+    for p in &running {
+        let spec = p.spec.as_ref().expect("spec");
+        assert_eq!(
+            spec.priority_class_name.as_deref(),
+            Some(install.name.as_str())
+        );
+        assert!(spec.termination_grace_period_seconds >= Some(30));
+    }
+    let pdb: Api<PodDisruptionBudget> = install.api();
+    assert!(pdb.get_opt(&install.name).await?.is_some(), "a PDB");
+    assert!(
+        Api::<PriorityClass>::all(env.client.clone())
+            .get_opt(&install.name)
+            .await?
+            .is_some()
+    );
+    let webhook = Api::<ValidatingWebhookConfiguration>::all(env.client.clone())
+        .get(&install.name)
+        .await?;
+    let w = &webhook.webhooks.as_ref().expect("webhooks")[0];
+    assert_eq!(w.failure_policy.as_deref(), Some("Ignore"));
+    assert_eq!(w.side_effects, "NoneOnDryRun");
+    assert!(w.client_config.service.is_some(), "called through the Service");
+    assert_eq!(
+        w.match_conditions.as_ref().map(Vec::len),
+        Some(3),
+        "matchConditions on a 1.35 API server"
+    );
+
+    // A rollout: every old pod is isolated and kept for its drain (the pods ask for 5 s).
+    let app: Api<Pod> = env.api();
+    let pods = env
+        .serve_demo("web", 3, json!({}))
+        .await?;
+    for p in &pods {
+        app.patch(
+            &p.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {schedule::DRAIN_SECONDS: "5"}}})),
+        )
+        .await?;
+    }
+    let t = Instant::now();
+    Api::<Deployment>::namespaced(env.client.clone(), &env.namespace)
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
+                "test/rev": "2"}}}}})),
+        )
+        .await?;
+    for p in &pods {
+        let name = p.name_any();
+        let drained = wait::until(
+            &app,
+            &name,
+            "the old pod to drain",
+            Duration::from_secs(30),
+            |q: Option<&Pod>| q.is_some_and(draining),
+        )
+        .await?
+        .expect("draining pod");
+        let at = delete_at(&drained)?;
+        deleted_between(
+            &app,
+            &drained,
+            at,
+            at.checked_add(jiff::SignedDuration::from_secs(5))?,
+        )
+        .await?;
+    }
+    eprintln!("default install: rollout of 3 drained and deleted in {:?}", t.elapsed());
+    Ok(())
+}
+
+/// The certificate a replica serves: its serial and whether it verifies against `bundle` for the
+/// Service's name (openssl from the host, run inside the testbed network like this thread).
+fn served_certificate(ip: &str, bundle: &std::path::Path, host: &str) -> anyhow::Result<(String, bool)> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {ip}:9443 -servername {host} -CAfile {} -verify_hostname {host} </dev/null 2>/dev/null",
+            bundle.display()
+        ))
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let verified = text.contains("Verify return code: 0 (ok)");
+    let mut child = Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    use std::io::Write as _;
+    child.stdin.take().expect("stdin").write_all(text.as_bytes())?;
+    let serial = String::from_utf8_lossy(&child.wait_with_output()?.stdout)
+        .trim()
+        .to_string();
+    anyhow::ensure!(!serial.is_empty(), "no certificate served by {ip}: {text}");
+    Ok((serial, verified))
+}
+
+async fn replica_pods(install: &Install) -> anyhow::Result<Vec<Pod>> {
+    Ok(install
+        .api::<Pod>()
+        .list(&ListParams::default().labels(PRODUCT_PODS))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect())
+}
+
+fn write_bundle(install: &Install, secret: &Secret) -> anyhow::Result<std::path::PathBuf> {
+    let path = std::env::temp_dir().join(format!("{}-ca.crt", install.name));
+    let data = secret.data.as_ref().expect("data");
+    std::fs::write(&path, &data["ca.crt"].0)?;
+    Ok(path)
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_is_served_without_restarts() -> anyhow::Result<()> {
+    let env = TestEnv::new("chart-rotate").await?;
+    // A 60 s certificate is renewed in its last third: about every 40 s.
+    let install = Install::new(
+        &env,
+        Options {
+            values: vec![("tls.certSeconds".into(), "60".into())],
+            ..Options::default()
+        },
+    )
+    .await?;
+    let secrets: Api<Secret> = install.api();
+    let secret_name = format!("{}-tls", install.name);
+    let first = secrets.get(&secret_name).await?;
+    let bundle = write_bundle(&install, &first)?;
+    let host = format!("{}.{}.svc", install.name, install.namespace);
+    let before = replica_pods(&install).await?;
+    let mut serials = Vec::new();
+    for p in &before {
+        let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("pod IP");
+        let (serial, verified) = served_certificate(&ip, &bundle, &host)?;
+        assert!(verified, "{} serves a certificate the bundle does not verify", p.name_any());
+        serials.push(serial);
+    }
+    let t = Instant::now();
+    // Every replica moves to a new certificate, still verified by the same (unchanged) bundle.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (p, old) in before.iter().zip(&serials) {
+        let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("pod IP");
+        loop {
+            let (serial, verified) = served_certificate(&ip, &bundle, &host)?;
+            if &serial != old {
+                assert!(verified, "the rotated certificate does not verify");
+                eprintln!("{} serves {serial} (was {old}) after {:?}", p.name_any(), t.elapsed());
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{} kept serving {old}", p.name_any());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let after = secrets.get(&secret_name).await?;
+    assert_eq!(
+        after.data.as_ref().expect("data")["ca.crt"],
+        first.data.as_ref().expect("data")["ca.crt"],
+        "the CA bundle must not change when the serving certificate rotates"
+    );
+    // Same pods, no restarts.
+    let now = replica_pods(&install).await?;
+    let uids = |ps: &[Pod]| ps.iter().map(|p| p.uid().unwrap_or_default()).collect::<BTreeSet<_>>();
+    assert_eq!(uids(&before), uids(&now));
+    for p in &now {
+        let restarts: i32 = p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .map(|c| c.iter().map(|c| c.restart_count).sum())
+            .unwrap_or(0);
+        assert_eq!(restarts, 0, "{} restarted", p.name_any());
+    }
+    // The API server still calls the webhook: an eviction drains.
+    let pods = env.serve_demo("web", 2, json!({})).await?;
+    evict_and_wait_draining(&env.api(), &pods[0].name_any()).await?;
+    let _ = std::fs::remove_file(bundle);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_upgrade_under_load_loses_no_schedule_and_keeps_the_certificate() -> anyhow::Result<()> {
+    let env = TestEnv::new("chart-upgrade").await?;
+    let install = Install::new(
+        &env,
+        Options {
+            replicas: 3,
+            drain_seconds: 25,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let secrets: Api<Secret> = install.api();
+    let secret_name = format!("{}-tls", install.name);
+    let cert_before = secrets.get(&secret_name).await?.data;
+    let bundle_of = |v: &ValidatingWebhookConfiguration| {
+        v.webhooks.as_ref().and_then(|w| w[0].client_config.ca_bundle.clone())
+    };
+    let vwc: Api<ValidatingWebhookConfiguration> = Api::all(env.client.clone());
+    let bundle_before = bundle_of(&vwc.get(&install.name).await?);
+
+    let pods = env.serve_demo("web", 4, json!({})).await?;
+    let app: Api<Pod> = env.api();
+    let url = env.service_url("web", 4).await?;
+    // Steady traffic through the Service for the whole upgrade.
+    let traffic = FetchPod::start(
+        &app,
+        "load",
+        Traffic {
+            url: &url,
+            node: None,
+            count: 300,
+            interval: Duration::from_millis(100),
+        },
+    )
+    .await?;
+    let mut drains = Vec::new();
+    for p in &pods[..2] {
+        let d = evict_and_wait_draining(&app, &p.name_any()).await?;
+        drains.push((delete_at(&d)?, d));
+    }
+    // A new image (the same bits under a new tag) rolls every replica while the pods drain.
+    let mut tag = testbed_script(env.target, "images/tag")?;
+    tag.args(["localhost/pod-graceful-drain:dev", "localhost/pod-graceful-drain:next"]);
+    anyhow::ensure!(tag.status()?.success(), "tagging the image failed");
+    let t = Instant::now();
+    install
+        .run_helm(&[
+            "upgrade",
+            &install.release,
+            &chart_dir().display().to_string(),
+            "--reuse-values",
+            "--set",
+            "image.tag=next",
+            "--wait",
+            "--timeout",
+            "120s",
+        ])
+        .await?;
+    eprintln!("helm upgrade to a new image took {:?}", t.elapsed());
+    let images: BTreeSet<String> = replica_pods(&install)
+        .await?
+        .iter()
+        .filter_map(|p| p.spec.as_ref().map(|s| s.containers[0].image.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(images, BTreeSet::from(["localhost/pod-graceful-drain:next".to_string()]));
+    // A drain started during or after the upgrade works as well.
+    let late = evict_and_wait_draining(&app, &pods[2].name_any()).await?;
+    drains.push((delete_at(&late)?, late));
+    for (at, pod) in &drains {
+        deleted_between(&app, pod, *at, at.checked_add(jiff::SignedDuration::from_secs(5))?).await?;
+    }
+    assert_eq!(
+        secrets.get(&secret_name).await?.data,
+        cert_before,
+        "helm upgrade changed the certificate Secret"
+    );
+    assert_eq!(
+        bundle_of(&vwc.get(&install.name).await?),
+        bundle_before,
+        "helm upgrade changed the injected CA bundle"
+    );
+    let results = traffic.results().await?;
+    let failed: Vec<_> = results.iter().filter(|r| !r.ok()).collect();
+    eprintln!(
+        "traffic during the upgrade: {} requests, {} failed",
+        results.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "requests failed during the upgrade: {failed:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn uninstall_leaves_nothing_behind_and_no_pod_isolated() -> anyhow::Result<()> {
+    let env = TestEnv::new("chart-uninstall").await?;
+    let install = Install::new(
+        &env,
+        Options {
+            drain_seconds: 300,
+            values: vec![("uninstall.waitSeconds".into(), "15".into())],
+            ..Options::default()
+        },
+    )
+    .await?;
+    let pods = env.serve_demo("web", 3, json!({})).await?;
+    let app: Api<Pod> = env.api();
+    // One drain ends within the uninstall's wait, one does not.
+    app.patch(
+        &pods[0].name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {schedule::DRAIN_SECONDS: "6"}}})),
+    )
+    .await?;
+    let short = evict_and_wait_draining(&app, &pods[0].name_any()).await?;
+    let long = evict_and_wait_draining(&app, &pods[1].name_any()).await?;
+    let short_at = delete_at(&short)?;
+
+    let (client, name, ns) = (env.client.clone(), install.name.clone(), install.namespace.clone());
+    let release = install.release.clone();
+    let t = Instant::now();
+    let out = install.uninstall().await?;
+    eprintln!(
+        "helm uninstall took {:?}: {}",
+        t.elapsed(),
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    // The short drain ran to its end; the long one was cut short, with an event.
+    deleted_between(&app, &short, short_at, Timestamp::now() + jiff::SignedDuration::from_secs(5))
+        .await?;
+    deleted_between(&app, &long, Timestamp::now() - jiff::SignedDuration::from_secs(600), Timestamp::now() + jiff::SignedDuration::from_secs(5)).await?;
+    let events: Api<Event> = env.api();
+    let cut = events.list(&ListParams::default()).await?.items.into_iter().any(|e| {
+        e.reason.as_deref() == Some("DrainCutShort")
+            && e.regarding.as_ref().and_then(|r| r.name.clone()) == Some(long.name_any())
+    });
+    assert!(cut, "no DrainCutShort event for the pod whose drain was cut short");
+    let isolated = Api::<Pod>::all(client.clone())
+        .list(&ListParams::default().labels(&format!("{}={}", schedule::DRAINING_LABEL, env.namespace)))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .count();
+    assert_eq!(isolated, 0, "pods left isolated after uninstall");
+
+    // Nothing of the release is left.
+    assert!(Api::<ValidatingWebhookConfiguration>::all(client.clone()).get_opt(&name).await?.is_none());
+    assert!(Api::<MutatingWebhookConfiguration>::all(client.clone()).get_opt(&name).await?.is_none());
+    assert!(Api::<ClusterRole>::all(client.clone()).get_opt(&name).await?.is_none());
+    assert!(Api::<ClusterRoleBinding>::all(client.clone()).get_opt(&name).await?.is_none());
+    assert!(Api::<PriorityClass>::all(client.clone()).get_opt(&name).await?.is_none());
+    assert!(Api::<Lease>::namespaced(client.clone(), &ns).get_opt(&name).await?.is_none(), "the Lease is left");
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns).list(&ListParams::default()).await?;
+    assert!(secrets.items.is_empty(), "Secrets left: {:?}", secrets.items.iter().map(|s| s.name_any()).collect::<Vec<_>>());
+    let left = Api::<Pod>::namespaced(client.clone(), &ns).list(&ListParams::default()).await?;
+    let live: Vec<String> = left.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).map(|p| p.name_any()).collect();
+    assert!(live.is_empty(), "pods left in the release namespace: {live:?}");
+    let mut list = helm(env.target);
+    list.args(["list", "-n", &ns, "-q"]);
+    let listed = String::from_utf8_lossy(&list.output()?.stdout).into_owned();
+    assert!(!listed.contains(&release), "helm still lists the release");
+    let _ = pods;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_values_are_refused_with_a_message_naming_them() -> anyhow::Result<()> {
+    let env = TestEnv::new("chart-values").await?;
+    let lint = helm(env.target).args(["lint", "--strict"]).arg(chart_dir()).output()?;
+    assert!(lint.status.success(), "helm lint: {}", String::from_utf8_lossy(&lint.stdout));
+    let cases: [(&[&str], &str); 5] = [
+        (&["--set", "drain.seconds=-5"], "/drain/seconds"),
+        (&["--set", "drainSeconds=5"], "drainSeconds"),
+        (&["--set", "drain.minSeconds=100"], "drain.minSeconds (100)"),
+        (&["--set", "holdSeconds=40"], "/holdSeconds"),
+        (&["--set", "log.format=xml"], "/log/format"),
+    ];
+    for (args, named) in cases {
+        let out = helm(env.target)
+            .args(["install", "bad", "-n", &env.namespace])
+            .arg(chart_dir())
+            .args(args)
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.contains(named), "{args:?}: the message does not name {named}: {err}");
+    }
+    let mut list = helm(env.target);
+    list.args(["list", "-n", &env.namespace, "-q"]);
+    assert!(String::from_utf8_lossy(&list.output()?.stdout).trim().is_empty());
+    Ok(())
+}
