@@ -109,8 +109,17 @@ async fn a_default_install_is_highly_available_and_drains_a_rollout() -> anyhow:
                 "pod-security.kubernetes.io/enforce": "restricted"}}})),
         )
         .await?;
+    let chart = chart_dir().display().to_string();
     install
-        .run_helm(&["upgrade", &install.release, "--reuse-values", "--wait", "--timeout", "120s"])
+        .run_helm(&[
+            "upgrade",
+            &install.release,
+            &chart,
+            "--reuse-values",
+            "--wait",
+            "--timeout",
+            "120s",
+        ])
         .await?;
     let deployments: Api<Deployment> = install.api();
     deployments
@@ -153,7 +162,10 @@ async fn a_default_install_is_highly_available_and_drains_a_rollout() -> anyhow:
     let w = &webhook.webhooks.as_ref().expect("webhooks")[0];
     assert_eq!(w.failure_policy.as_deref(), Some("Ignore"));
     assert_eq!(w.side_effects, "NoneOnDryRun");
-    assert!(w.client_config.service.is_some(), "called through the Service");
+    assert!(
+        w.client_config.service.is_some(),
+        "called through the Service"
+    );
     assert_eq!(
         w.match_conditions.as_ref().map(Vec::len),
         Some(3),
@@ -162,9 +174,7 @@ async fn a_default_install_is_highly_available_and_drains_a_rollout() -> anyhow:
 
     // A rollout: every old pod is isolated and kept for its drain (the pods ask for 5 s).
     let app: Api<Pod> = env.api();
-    let pods = env
-        .serve_demo("web", 3, json!({}))
-        .await?;
+    let pods = env.serve_demo("web", 3, json!({})).await?;
     for p in &pods {
         app.patch(
             &p.name_any(),
@@ -182,33 +192,45 @@ async fn a_default_install_is_highly_available_and_drains_a_rollout() -> anyhow:
                 "test/rev": "2"}}}}})),
         )
         .await?;
-    for p in &pods {
-        let name = p.name_any();
-        let drained = wait::until(
-            &app,
-            &name,
-            "the old pod to drain",
-            Duration::from_secs(30),
-            |q: Option<&Pod>| q.is_some_and(draining),
-        )
-        .await?
-        .expect("draining pod");
-        let at = delete_at(&drained)?;
-        deleted_between(
-            &app,
-            &drained,
-            at,
-            at.checked_add(jiff::SignedDuration::from_secs(5))?,
-        )
-        .await?;
-    }
-    eprintln!("default install: rollout of 3 drained and deleted in {:?}", t.elapsed());
+    // Each old pod drains then goes, at its own pace: follow them all at once.
+    futures::future::try_join_all(pods.iter().map(|p| {
+        let app = app.clone();
+        async move {
+            let name = p.name_any();
+            let drained = wait::until(
+                &app,
+                &name,
+                "the old pod to drain",
+                Duration::from_secs(30),
+                |q: Option<&Pod>| q.is_some_and(draining),
+            )
+            .await?
+            .expect("draining pod");
+            let at = delete_at(&drained)?;
+            deleted_between(
+                &app,
+                &drained,
+                at,
+                at.checked_add(jiff::SignedDuration::from_secs(5))?,
+            )
+            .await
+        }
+    }))
+    .await?;
+    eprintln!(
+        "default install: rollout of 3 drained and deleted in {:?}",
+        t.elapsed()
+    );
     Ok(())
 }
 
 /// The certificate a replica serves: its serial and whether it verifies against `bundle` for the
 /// Service's name (openssl from the host, run inside the testbed network like this thread).
-fn served_certificate(ip: &str, bundle: &std::path::Path, host: &str) -> anyhow::Result<(String, bool)> {
+fn served_certificate(
+    ip: &str,
+    bundle: &std::path::Path,
+    host: &str,
+) -> anyhow::Result<(String, bool)> {
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -224,7 +246,11 @@ fn served_certificate(ip: &str, bundle: &std::path::Path, host: &str) -> anyhow:
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     use std::io::Write as _;
-    child.stdin.take().expect("stdin").write_all(text.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())?;
     let serial = String::from_utf8_lossy(&child.wait_with_output()?.stdout)
         .trim()
         .to_string();
@@ -270,24 +296,44 @@ async fn a_rotated_certificate_is_served_without_restarts() -> anyhow::Result<()
     let before = replica_pods(&install).await?;
     let mut serials = Vec::new();
     for p in &before {
-        let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("pod IP");
+        let ip = p
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .expect("pod IP");
         let (serial, verified) = served_certificate(&ip, &bundle, &host)?;
-        assert!(verified, "{} serves a certificate the bundle does not verify", p.name_any());
+        assert!(
+            verified,
+            "{} serves a certificate the bundle does not verify",
+            p.name_any()
+        );
         serials.push(serial);
     }
     let t = Instant::now();
     // Every replica moves to a new certificate, still verified by the same (unchanged) bundle.
     let deadline = Instant::now() + Duration::from_secs(120);
     for (p, old) in before.iter().zip(&serials) {
-        let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("pod IP");
+        let ip = p
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .expect("pod IP");
         loop {
             let (serial, verified) = served_certificate(&ip, &bundle, &host)?;
             if &serial != old {
                 assert!(verified, "the rotated certificate does not verify");
-                eprintln!("{} serves {serial} (was {old}) after {:?}", p.name_any(), t.elapsed());
+                eprintln!(
+                    "{} serves {serial} (was {old}) after {:?}",
+                    p.name_any(),
+                    t.elapsed()
+                );
                 break;
             }
-            anyhow::ensure!(Instant::now() < deadline, "{} kept serving {old}", p.name_any());
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} kept serving {old}",
+                p.name_any()
+            );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
@@ -299,7 +345,11 @@ async fn a_rotated_certificate_is_served_without_restarts() -> anyhow::Result<()
     );
     // Same pods, no restarts.
     let now = replica_pods(&install).await?;
-    let uids = |ps: &[Pod]| ps.iter().map(|p| p.uid().unwrap_or_default()).collect::<BTreeSet<_>>();
+    let uids = |ps: &[Pod]| {
+        ps.iter()
+            .map(|p| p.uid().unwrap_or_default())
+            .collect::<BTreeSet<_>>()
+    };
     assert_eq!(uids(&before), uids(&now));
     for p in &now {
         let restarts: i32 = p
@@ -333,7 +383,9 @@ async fn an_upgrade_under_load_loses_no_schedule_and_keeps_the_certificate() -> 
     let secret_name = format!("{}-tls", install.name);
     let cert_before = secrets.get(&secret_name).await?.data;
     let bundle_of = |v: &ValidatingWebhookConfiguration| {
-        v.webhooks.as_ref().and_then(|w| w[0].client_config.ca_bundle.clone())
+        v.webhooks
+            .as_ref()
+            .and_then(|w| w[0].client_config.ca_bundle.clone())
     };
     let vwc: Api<ValidatingWebhookConfiguration> = Api::all(env.client.clone());
     let bundle_before = bundle_of(&vwc.get(&install.name).await?);
@@ -360,7 +412,10 @@ async fn an_upgrade_under_load_loses_no_schedule_and_keeps_the_certificate() -> 
     }
     // A new image (the same bits under a new tag) rolls every replica while the pods drain.
     let mut tag = testbed_script(env.target, "images/tag")?;
-    tag.args(["localhost/pod-graceful-drain:dev", "localhost/pod-graceful-drain:next"]);
+    tag.args([
+        "localhost/pod-graceful-drain:dev",
+        "localhost/pod-graceful-drain:next",
+    ]);
     anyhow::ensure!(tag.status()?.success(), "tagging the image failed");
     let t = Instant::now();
     install
@@ -380,14 +435,27 @@ async fn an_upgrade_under_load_loses_no_schedule_and_keeps_the_certificate() -> 
     let images: BTreeSet<String> = replica_pods(&install)
         .await?
         .iter()
-        .filter_map(|p| p.spec.as_ref().map(|s| s.containers[0].image.clone().unwrap_or_default()))
+        .filter_map(|p| {
+            p.spec
+                .as_ref()
+                .map(|s| s.containers[0].image.clone().unwrap_or_default())
+        })
         .collect();
-    assert_eq!(images, BTreeSet::from(["localhost/pod-graceful-drain:next".to_string()]));
+    assert_eq!(
+        images,
+        BTreeSet::from(["localhost/pod-graceful-drain:next".to_string()])
+    );
     // A drain started during or after the upgrade works as well.
     let late = evict_and_wait_draining(&app, &pods[2].name_any()).await?;
     drains.push((delete_at(&late)?, late));
     for (at, pod) in &drains {
-        deleted_between(&app, pod, *at, at.checked_add(jiff::SignedDuration::from_secs(5))?).await?;
+        deleted_between(
+            &app,
+            pod,
+            *at,
+            at.checked_add(jiff::SignedDuration::from_secs(5))?,
+        )
+        .await?;
     }
     assert_eq!(
         secrets.get(&secret_name).await?.data,
@@ -406,7 +474,10 @@ async fn an_upgrade_under_load_loses_no_schedule_and_keeps_the_certificate() -> 
         results.len(),
         failed.len()
     );
-    assert!(failed.is_empty(), "requests failed during the upgrade: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "requests failed during the upgrade: {failed:?}"
+    );
     Ok(())
 }
 
@@ -435,7 +506,11 @@ async fn uninstall_leaves_nothing_behind_and_no_pod_isolated() -> anyhow::Result
     let long = evict_and_wait_draining(&app, &pods[1].name_any()).await?;
     let short_at = delete_at(&short)?;
 
-    let (client, name, ns) = (env.client.clone(), install.name.clone(), install.namespace.clone());
+    let (client, name, ns) = (
+        env.client.clone(),
+        install.name.clone(),
+        install.namespace.clone(),
+    );
     let release = install.release.clone();
     let t = Instant::now();
     let out = install.uninstall().await?;
@@ -445,17 +520,40 @@ async fn uninstall_leaves_nothing_behind_and_no_pod_isolated() -> anyhow::Result
         String::from_utf8_lossy(&out.stdout).trim()
     );
     // The short drain ran to its end; the long one was cut short, with an event.
-    deleted_between(&app, &short, short_at, Timestamp::now() + jiff::SignedDuration::from_secs(5))
-        .await?;
-    deleted_between(&app, &long, Timestamp::now() - jiff::SignedDuration::from_secs(600), Timestamp::now() + jiff::SignedDuration::from_secs(5)).await?;
+    deleted_between(
+        &app,
+        &short,
+        short_at,
+        Timestamp::now() + jiff::SignedDuration::from_secs(5),
+    )
+    .await?;
+    deleted_between(
+        &app,
+        &long,
+        Timestamp::now() - jiff::SignedDuration::from_secs(600),
+        Timestamp::now() + jiff::SignedDuration::from_secs(5),
+    )
+    .await?;
     let events: Api<Event> = env.api();
-    let cut = events.list(&ListParams::default()).await?.items.into_iter().any(|e| {
-        e.reason.as_deref() == Some("DrainCutShort")
-            && e.regarding.as_ref().and_then(|r| r.name.clone()) == Some(long.name_any())
-    });
-    assert!(cut, "no DrainCutShort event for the pod whose drain was cut short");
+    let cut = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .any(|e| {
+            e.reason.as_deref() == Some("DrainCutShort")
+                && e.regarding.as_ref().and_then(|r| r.name.clone()) == Some(long.name_any())
+        });
+    assert!(
+        cut,
+        "no DrainCutShort event for the pod whose drain was cut short"
+    );
     let isolated = Api::<Pod>::all(client.clone())
-        .list(&ListParams::default().labels(&format!("{}={}", schedule::DRAINING_LABEL, env.namespace)))
+        .list(&ListParams::default().labels(&format!(
+            "{}={}",
+            schedule::DRAINING_LABEL,
+            env.namespace
+        )))
         .await?
         .items
         .into_iter()
@@ -464,17 +562,68 @@ async fn uninstall_leaves_nothing_behind_and_no_pod_isolated() -> anyhow::Result
     assert_eq!(isolated, 0, "pods left isolated after uninstall");
 
     // Nothing of the release is left.
-    assert!(Api::<ValidatingWebhookConfiguration>::all(client.clone()).get_opt(&name).await?.is_none());
-    assert!(Api::<MutatingWebhookConfiguration>::all(client.clone()).get_opt(&name).await?.is_none());
-    assert!(Api::<ClusterRole>::all(client.clone()).get_opt(&name).await?.is_none());
-    assert!(Api::<ClusterRoleBinding>::all(client.clone()).get_opt(&name).await?.is_none());
-    assert!(Api::<PriorityClass>::all(client.clone()).get_opt(&name).await?.is_none());
-    assert!(Api::<Lease>::namespaced(client.clone(), &ns).get_opt(&name).await?.is_none(), "the Lease is left");
-    let secrets = Api::<Secret>::namespaced(client.clone(), &ns).list(&ListParams::default()).await?;
-    assert!(secrets.items.is_empty(), "Secrets left: {:?}", secrets.items.iter().map(|s| s.name_any()).collect::<Vec<_>>());
-    let left = Api::<Pod>::namespaced(client.clone(), &ns).list(&ListParams::default()).await?;
-    let live: Vec<String> = left.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).map(|p| p.name_any()).collect();
-    assert!(live.is_empty(), "pods left in the release namespace: {live:?}");
+    assert!(
+        Api::<ValidatingWebhookConfiguration>::all(client.clone())
+            .get_opt(&name)
+            .await?
+            .is_none()
+    );
+    assert!(
+        Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .get_opt(&name)
+            .await?
+            .is_none()
+    );
+    assert!(
+        Api::<ClusterRole>::all(client.clone())
+            .get_opt(&name)
+            .await?
+            .is_none()
+    );
+    assert!(
+        Api::<ClusterRoleBinding>::all(client.clone())
+            .get_opt(&name)
+            .await?
+            .is_none()
+    );
+    assert!(
+        Api::<PriorityClass>::all(client.clone())
+            .get_opt(&name)
+            .await?
+            .is_none()
+    );
+    assert!(
+        Api::<Lease>::namespaced(client.clone(), &ns)
+            .get_opt(&name)
+            .await?
+            .is_none(),
+        "the Lease is left"
+    );
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await?;
+    assert!(
+        secrets.items.is_empty(),
+        "Secrets left: {:?}",
+        secrets
+            .items
+            .iter()
+            .map(|s| s.name_any())
+            .collect::<Vec<_>>()
+    );
+    let left = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await?;
+    let live: Vec<String> = left
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| p.name_any())
+        .collect();
+    assert!(
+        live.is_empty(),
+        "pods left in the release namespace: {live:?}"
+    );
     let mut list = helm(env.target);
     list.args(["list", "-n", &ns, "-q"]);
     let listed = String::from_utf8_lossy(&list.output()?.stdout).into_owned();
@@ -486,8 +635,15 @@ async fn uninstall_leaves_nothing_behind_and_no_pod_isolated() -> anyhow::Result
 #[tokio::test]
 async fn bad_values_are_refused_with_a_message_naming_them() -> anyhow::Result<()> {
     let env = TestEnv::new("chart-values").await?;
-    let lint = helm(env.target).args(["lint", "--strict"]).arg(chart_dir()).output()?;
-    assert!(lint.status.success(), "helm lint: {}", String::from_utf8_lossy(&lint.stdout));
+    let lint = helm(env.target)
+        .args(["lint", "--strict"])
+        .arg(chart_dir())
+        .output()?;
+    assert!(
+        lint.status.success(),
+        "helm lint: {}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
     let cases: [(&[&str], &str); 5] = [
         (&["--set", "drain.seconds=-5"], "/drain/seconds"),
         (&["--set", "drainSeconds=5"], "drainSeconds"),
@@ -503,10 +659,17 @@ async fn bad_values_are_refused_with_a_message_naming_them() -> anyhow::Result<(
             .output()?;
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} was accepted");
-        assert!(err.contains(named), "{args:?}: the message does not name {named}: {err}");
+        assert!(
+            err.contains(named),
+            "{args:?}: the message does not name {named}: {err}"
+        );
     }
     let mut list = helm(env.target);
     list.args(["list", "-n", &env.namespace, "-q"]);
-    assert!(String::from_utf8_lossy(&list.output()?.stdout).trim().is_empty());
+    assert!(
+        String::from_utf8_lossy(&list.output()?.stdout)
+            .trim()
+            .is_empty()
+    );
     Ok(())
 }

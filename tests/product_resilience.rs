@@ -64,14 +64,16 @@ async fn killing_the_leader_mid_drain_still_deletes_on_time() -> anyhow::Result<
     .expect("a holder");
     let delete_at = start_drain(&api, &pods[0].name_any()).await?;
     // kill -9: no grace, no SIGTERM handling, the Lease is not released.
-    install.api::<Pod>().delete(
-        &leader,
-        &DeleteParams {
-            grace_period_seconds: Some(0),
-            ..DeleteParams::default()
-        },
-    )
-    .await?;
+    install
+        .api::<Pod>()
+        .delete(
+            &leader,
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            },
+        )
+        .await?;
     eprintln!("killed leader {leader}; the drain ends at {delete_at}");
     // The Lease (6 s) expires before delete-at (8 s after the eviction): the other replica takes
     // over and deletes on time, within a tick and a renewal period.

@@ -24,7 +24,8 @@ pub const IMAGE_TAG: &str = "dev";
 /// Label that makes a namespace subject to a given installation's webhooks.
 pub const WATCH_LABEL: &str = "pod-graceful-drain.io/test-install";
 /// Label of the product's own pods.
-pub const PRODUCT_PODS: &str = "app.kubernetes.io/name=pod-graceful-drain,app.kubernetes.io/component=webhook";
+pub const PRODUCT_PODS: &str =
+    "app.kubernetes.io/name=pod-graceful-drain,app.kubernetes.io/component=webhook";
 
 pub fn chart_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../chart")
@@ -160,7 +161,11 @@ impl Install {
     pub async fn run_helm(&self, args: &[&str]) -> Result<Output> {
         let mut cmd = self.helm();
         cmd.args(args);
-        run(format!("helm {}", args.first().copied().unwrap_or_default()), cmd).await
+        run(
+            format!("helm {}", args.first().copied().unwrap_or_default()),
+            cmd,
+        )
+        .await
     }
 
     /// An Api for namespaced objects in the release namespace.
@@ -198,8 +203,10 @@ impl Install {
             "the CA bundle in the validating webhook",
             Duration::from_secs(60),
             |v: Option<&ValidatingWebhookConfiguration>| {
-                v.and_then(|v| v.webhooks.as_ref())
-                    .is_some_and(|w| w.iter().all(|w| injected(w.client_config.ca_bundle.as_ref())))
+                v.and_then(|v| v.webhooks.as_ref()).is_some_and(|w| {
+                    w.iter()
+                        .all(|w| injected(w.client_config.ca_bundle.as_ref()))
+                })
             },
         )
         .await?;
@@ -209,8 +216,10 @@ impl Install {
             "the CA bundle in the mutating webhook",
             Duration::from_secs(60),
             |v: Option<&MutatingWebhookConfiguration>| {
-                v.and_then(|v| v.webhooks.as_ref())
-                    .is_some_and(|w| w.iter().all(|w| injected(w.client_config.ca_bundle.as_ref())))
+                v.and_then(|v| v.webhooks.as_ref()).is_some_and(|w| {
+                    w.iter()
+                        .all(|w| injected(w.client_config.ca_bundle.as_ref()))
+                })
             },
         )
         .await?;
@@ -220,7 +229,13 @@ impl Install {
     /// `helm uninstall` with its hooks (the way a user uninstalls), waiting for it to finish.
     pub async fn uninstall(mut self) -> Result<Output> {
         let out = self
-            .run_helm(&["uninstall", &self.release.clone(), "--wait", "--timeout", "300s"])
+            .run_helm(&[
+                "uninstall",
+                &self.release.clone(),
+                "--wait",
+                "--timeout",
+                "300s",
+            ])
             .await?;
         self.removed = true;
         Ok(out)
@@ -256,7 +271,14 @@ impl Drop for Install {
             .map(str::to_string)
             .collect();
         let mut cmd = self.helm();
-        cmd.args(["uninstall", &self.release, "--no-hooks", "--wait", "--timeout", "60s"]);
+        cmd.args([
+            "uninstall",
+            &self.release,
+            "--no-hooks",
+            "--wait",
+            "--timeout",
+            "60s",
+        ]);
         let _ = std::thread::spawn(move || cmd.output()).join();
         if !forbidden.is_empty() && !std::thread::panicking() {
             panic!(
