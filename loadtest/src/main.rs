@@ -1,0 +1,151 @@
+//! pgd-loadtest: the measurements behind pod-graceful-drain's claims, on the project's testbed.
+//! `proof` runs the failed-requests comparison; the other subcommands measure what the webhook
+//! costs. Figures are printed and written under `--out`; nothing here is a timed unit test.
+
+mod lag;
+mod load;
+mod observe;
+mod plot;
+mod proof;
+mod report;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::proof::{Mode, ProofConfig, Scenario, Webhook};
+
+#[derive(Parser)]
+#[command(
+    name = "pgd-loadtest",
+    about = "Proof and cost benchmarks of pod-graceful-drain"
+)]
+struct Cli {
+    /// Where results go.
+    #[arg(long, default_value = "loadtest/results", global = true)]
+    out: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Failed requests during rollouts, scale-downs and node drains behind a lagging load
+    /// balancer, without mitigation, with preStop sleep and with a webhook.
+    Proof {
+        #[arg(long, value_enum, value_delimiter = ',', default_values = ["rollout", "scale-down", "node-drain"])]
+        scenarios: Vec<Scenario>,
+        #[arg(long, value_enum, value_delimiter = ',', default_values = ["none", "prestop-sleep", "webhook"])]
+        modes: Vec<Mode>,
+        /// Seconds the load balancer lags (kube-proxy paused).
+        #[arg(long, default_value_t = 10)]
+        lag: u64,
+        /// preStop sleep and drain length = lag + margin.
+        #[arg(long, default_value_t = 5)]
+        margin: u64,
+        #[arg(long, default_value_t = 4)]
+        replicas: i32,
+        /// Concurrent clients; each sends at most one request per --pace-ms.
+        #[arg(long, default_value_t = 8)]
+        workers: usize,
+        #[arg(long, default_value_t = 50)]
+        pace_ms: u64,
+        /// Seconds of load before the scenario starts.
+        #[arg(long, default_value_t = 5)]
+        baseline: u64,
+        /// Instead of the chart: a command installing the webhook to measure (sh -c, inside the
+        /// testbed network; PGD_LOADTEST_NAMESPACE and PGD_LOADTEST_DRAIN_SECONDS are set).
+        #[arg(long, requires_all = ["webhook_uninstall", "webhook_name"])]
+        webhook_install: Option<String>,
+        #[arg(long)]
+        webhook_uninstall: Option<String>,
+        #[arg(long)]
+        webhook_name: Option<String>,
+        /// Exit 1 unless the webhook failed no request wherever no mitigation failed some.
+        #[arg(long)]
+        assert: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls_provider();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Proof {
+            scenarios,
+            modes,
+            lag,
+            margin,
+            replicas,
+            workers,
+            pace_ms,
+            baseline,
+            webhook_install,
+            webhook_uninstall,
+            webhook_name,
+            assert,
+        } => {
+            let webhook = match (webhook_install, webhook_uninstall, webhook_name) {
+                (Some(install), Some(uninstall), Some(name)) => Webhook::Commands {
+                    name,
+                    install,
+                    uninstall,
+                },
+                _ => Webhook::Chart,
+            };
+            let cfg = ProofConfig {
+                lag: Duration::from_secs(lag),
+                margin: Duration::from_secs(margin),
+                replicas,
+                workers,
+                pace: Duration::from_millis(pace_ms),
+                budget: Duration::from_secs(1),
+                baseline: Duration::from_secs(baseline),
+                tail: Duration::from_secs(3),
+                webhook,
+            };
+            let mut results = Vec::new();
+            let total = scenarios.len() * modes.len();
+            for scenario in &scenarios {
+                for mode in &modes {
+                    eprintln!(
+                        "=== run {} of {total}: {scenario}, {mode}",
+                        results.len() + 1
+                    );
+                    results.push(proof::run_one(*scenario, *mode, &cfg).await?);
+                }
+            }
+            report::write(&cli.out, &results, lag as f64, margin as f64)?;
+            let mut plots = Vec::new();
+            for scenario in &scenarios {
+                let runs: Vec<&proof::RunResult> =
+                    results.iter().filter(|r| r.scenario == *scenario).collect();
+                plots.push(plot::scenario(&cli.out, &runs)?);
+            }
+            println!("{}", report::markdown(&results, lag as f64, margin as f64));
+            for p in &plots {
+                println!("plot: {}", p.display());
+            }
+            println!("figures: {}", cli.out.join("proof.json").display());
+            let problems = report::verdict(&results);
+            for p in &problems {
+                println!("target missed: {p}");
+            }
+            let hard: Vec<&String> = problems
+                .iter()
+                .filter(|p| !p.contains("wall time"))
+                .collect();
+            if assert && !hard.is_empty() {
+                anyhow::bail!("{} failure target(s) missed", hard.len());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// kube's rustls client needs a process-wide crypto provider.
+fn rustls_provider() -> Result<(), std::sync::Arc<rustls::crypto::CryptoProvider>> {
+    rustls::crypto::ring::default_provider().install_default()
+}
