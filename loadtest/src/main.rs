@@ -54,6 +54,9 @@ enum Command {
         /// Seconds of load before the scenario starts.
         #[arg(long, default_value_t = 5)]
         baseline: u64,
+        /// Runs of each scenario and mode (interleaved: every mode once, then again).
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
         /// Instead of the chart: a command installing the webhook to measure (sh -c, inside the
         /// testbed network; PGD_LOADTEST_NAMESPACE and PGD_LOADTEST_DRAIN_SECONDS are set).
         #[arg(long, requires_all = ["webhook_uninstall", "webhook_name"])]
@@ -82,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
             workers,
             pace_ms,
             baseline,
+            repeat,
             webhook_install,
             webhook_uninstall,
             webhook_name,
@@ -107,21 +111,28 @@ async fn main() -> anyhow::Result<()> {
                 webhook,
             };
             let mut results = Vec::new();
-            let total = scenarios.len() * modes.len();
+            let total = scenarios.len() * modes.len() * repeat;
             for scenario in &scenarios {
-                for mode in &modes {
-                    eprintln!(
-                        "=== run {} of {total}: {scenario}, {mode}",
-                        results.len() + 1
-                    );
-                    results.push(proof::run_one(*scenario, *mode, &cfg).await?);
+                for rep in 1..=repeat {
+                    for mode in &modes {
+                        eprintln!(
+                            "=== run {} of {total}: {scenario}, {mode}, repetition {rep}",
+                            results.len() + 1
+                        );
+                        results.push(proof::run_one(*scenario, *mode, rep, &cfg).await?);
+                    }
                 }
             }
+            // Grouped by scenario then mode, whatever order they ran in.
+            results.sort_by_key(|r| (r.scenario, r.mode, r.rep));
             report::write(&cli.out, &results, lag as f64, margin as f64)?;
             let mut plots = Vec::new();
             for scenario in &scenarios {
-                let runs: Vec<&proof::RunResult> =
-                    results.iter().filter(|r| r.scenario == *scenario).collect();
+                // The plot shows the first repetition of each mode.
+                let runs: Vec<&proof::RunResult> = results
+                    .iter()
+                    .filter(|r| r.scenario == *scenario && r.rep == 1)
+                    .collect();
                 plots.push(plot::scenario(&cli.out, &runs)?);
             }
             println!("{}", report::markdown(&results, lag as f64, margin as f64));

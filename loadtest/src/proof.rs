@@ -100,6 +100,8 @@ pub struct ProofConfig {
 pub struct RunResult {
     pub scenario: Scenario,
     pub mode: Mode,
+    /// Which repetition (1-based).
+    pub rep: usize,
     pub webhook: Option<String>,
     pub requests: usize,
     pub failed: usize,
@@ -201,6 +203,7 @@ async fn run_commands(env: &TestEnv, cmd: &str, drain: Duration) -> anyhow::Resu
 pub async fn run_one(
     scenario: Scenario,
     mode: Mode,
+    rep: usize,
     cfg: &ProofConfig,
 ) -> anyhow::Result<RunResult> {
     let env = TestEnv::new(&format!("{scenario}-{mode}")).await?;
@@ -415,6 +418,7 @@ pub async fn run_one(
     let result = RunResult {
         scenario,
         mode,
+        rep,
         webhook: (mode == Mode::Webhook).then(|| cfg.webhook.name()),
         requests: samples.len(),
         failed,
