@@ -29,15 +29,26 @@ impl Readiness {
     }
 }
 
+/// Answers one AdmissionReview. `Server-Timing` carries how long the answer took here (parse,
+/// decide, act), so benchmarks can tell the server's share from the network's.
 async fn review(State(admission): State<Arc<Admission>>, body: Bytes) -> impl IntoResponse {
+    let started = std::time::Instant::now();
     let answer = admission.serve(&body).await;
+    let timing = format!("review;dur={:.3}", started.elapsed().as_secs_f64() * 1000.0);
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_REQUEST);
     let content_type = if status.is_success() {
         "application/json"
     } else {
         "text/plain; charset=utf-8"
     };
-    (status, [(header::CONTENT_TYPE, content_type)], answer.body)
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (header::HeaderName::from_static("server-timing"), timing),
+        ],
+        answer.body,
+    )
 }
 
 /// Routes for the admission server: the same handler on every path the configurations use.

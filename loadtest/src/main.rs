@@ -2,10 +2,12 @@
 //! `proof` runs the failed-requests comparison; the other subcommands measure what the webhook
 //! costs. Figures are printed and written under `--out`; nothing here is a timed unit test.
 
+mod cost;
 mod lag;
 mod load;
 mod observe;
 mod plot;
+mod podstats;
 mod proof;
 mod report;
 
@@ -68,6 +70,21 @@ enum Command {
         /// Exit 1 unless the webhook failed no request wherever no mitigation failed some.
         #[arg(long)]
         assert: bool,
+    },
+    /// What the webhook costs: review latency and throughput against one replica, CPU per
+    /// request, and the API server's DELETE latency with and without it.
+    Cost {
+        /// Seconds of the throughput run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Sequential pass-through requests for the latency figures.
+        #[arg(long, default_value_t = 5000)]
+        requests: usize,
+        #[arg(long, default_value_t = 200)]
+        intercepts: usize,
+        /// Idle pods deleted through the API server, with and without the webhook.
+        #[arg(long, default_value_t = 40)]
+        deletes: usize,
     },
 }
 
@@ -151,6 +168,23 @@ async fn main() -> anyhow::Result<()> {
             if assert && !hard.is_empty() {
                 anyhow::bail!("{} failure target(s) missed", hard.len());
             }
+        }
+        Command::Cost {
+            seconds,
+            requests,
+            intercepts,
+            deletes,
+        } => {
+            let report = cost::run(seconds, requests, intercepts, deletes).await?;
+            std::fs::create_dir_all(&cli.out)?;
+            std::fs::write(
+                cli.out.join("cost.json"),
+                serde_json::to_string_pretty(&report)? + "\n",
+            )?;
+            let md = cost::markdown(&report);
+            std::fs::write(cli.out.join("cost.md"), &md)?;
+            println!("{md}");
+            println!("figures: {}", cli.out.join("cost.json").display());
         }
     }
     Ok(())
