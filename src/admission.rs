@@ -132,8 +132,17 @@ impl Admission {
         let labels = pod.labels();
         let annotations = pod.annotations();
         let own = labels.get(OWN_POD_LABEL.0).map(String::as_str) == Some(OWN_POD_LABEL.1);
-        // Only pods that could be drained cost API calls.
-        let cheap_pass = request.dry_run || !ready || terminating || phase != Some("Running");
+        // Only pods that could be drained cost API calls: a pod no Service selects (from the
+        // cache) and that carries nothing of ours is answered without any.
+        let ours = labels.contains_key(crate::schedule::DRAINING_LABEL)
+            || annotations
+                .keys()
+                .any(|k| k.starts_with(crate::schedule::PREFIX));
+        let cheap_pass = request.dry_run
+            || !ready
+            || terminating
+            || phase != Some("Running")
+            || (!ours && self.view.selecting_services(pod).is_empty());
         let (surroundings, ns_terminating) = if cheap_pass {
             (None, false)
         } else {

@@ -83,15 +83,24 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         intercepts: usize,
         /// Idle pods deleted through the API server, with and without the webhook.
-        #[arg(long, default_value_t = 40)]
+        #[arg(long, default_value_t = 100)]
         deletes: usize,
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let _ = rustls_provider();
     let cli = Cli::parse();
+    // Join the testbed's network before any thread exists: every runtime thread created after
+    // this inherits it (setns is per thread), so every connection starts inside the testbed.
+    pgd_testbed::target()?.enter_network()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Proof {
             scenarios,
