@@ -54,7 +54,10 @@ pub async fn run(lease_seconds: u64) -> anyhow::Result<Failover> {
             replicas: 3,
             drain_seconds: 10,
             values: vec![
-                ("leaderElection.leaseSeconds".into(), lease_seconds.to_string()),
+                (
+                    "leaderElection.leaseSeconds".into(),
+                    lease_seconds.to_string(),
+                ),
                 ("shutdownGraceSeconds".into(), "5".into()),
             ],
             ..Options::default()
@@ -75,9 +78,13 @@ pub async fn run(lease_seconds: u64) -> anyhow::Result<Failover> {
     let mut draining = Vec::new();
     for p in &pods[..2] {
         api.evict(&p.name_any(), &EvictParams::default()).await?;
-        let d = wait::until(&api, &p.name_any(), "the pod to drain", Duration::from_secs(10), |q: Option<&Pod>| {
-            q.is_some_and(|q| q.labels().contains_key(schedule::DRAINING_LABEL))
-        })
+        let d = wait::until(
+            &api,
+            &p.name_any(),
+            "the pod to drain",
+            Duration::from_secs(10),
+            |q: Option<&Pod>| q.is_some_and(|q| q.labels().contains_key(schedule::DRAINING_LABEL)),
+        )
         .await?
         .ok_or_else(|| anyhow::anyhow!("pod vanished"))?;
         let at: Timestamp = d.annotations()[schedule::DELETE_AT].parse()?;
@@ -93,10 +100,19 @@ pub async fn run(lease_seconds: u64) -> anyhow::Result<Failover> {
         .ok_or_else(|| anyhow::anyhow!("no leader"))?;
     install
         .api::<Pod>()
-        .delete(&leader, &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() })
+        .delete(
+            &leader,
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            },
+        )
         .await?;
     let killed = Timestamp::now();
-    progress(&format!("killed the leader {leader}; the next drain ends at {}", draining[1].1));
+    progress(&format!(
+        "killed the leader {leader}; the next drain ends at {}",
+        draining[1].1
+    ));
     let second = gone(&api, &draining[1].0).await?;
     let report = Failover {
         lease_seconds,

@@ -11,6 +11,7 @@ mod plot;
 mod podstats;
 mod proof;
 mod report;
+mod scale;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -86,6 +87,15 @@ enum Command {
         /// Idle pods deleted through the API server, with and without the webhook.
         #[arg(long, default_value_t = 100)]
         deletes: usize,
+    },
+    /// Replica memory and CPU with 10,000 pods on kwok's fake nodes and 2,000 Services.
+    Scale {
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        #[arg(long, default_value_t = 2_000)]
+        services: usize,
+        #[arg(long, default_value_t = 40)]
+        nodes: usize,
     },
     /// Time from killing the leader to the next scheduled deletion carried out.
     Failover {
@@ -201,6 +211,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             std::fs::write(cli.out.join("cost.md"), &md)?;
             println!("{md}");
             println!("figures: {}", cli.out.join("cost.json").display());
+        }
+        Command::Scale {
+            pods,
+            services,
+            nodes,
+        } => {
+            let report = scale::run(pods, services, nodes, &cli.out).await?;
+            std::fs::create_dir_all(&cli.out)?;
+            std::fs::write(
+                cli.out.join("scale.json"),
+                serde_json::to_string_pretty(&report)? + "\n",
+            )?;
+            println!(
+                "{} pods ({} Running) on {} fake nodes and {} Services, created in {:.0} s:",
+                report.pods,
+                report.running,
+                report.fake_nodes,
+                report.services,
+                report.create_seconds
+            );
+            for r in &report.replicas {
+                println!(
+                    "  {}: RSS {:.1} MiB before, {:.1} MiB after; {:.2} CPU seconds meanwhile",
+                    r.pod, r.rss_before_mib, r.rss_after_mib, r.cpu_seconds_during
+                );
+            }
         }
         Command::Failover { lease_seconds } => {
             let report = failover::run(lease_seconds).await?;

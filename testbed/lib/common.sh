@@ -7,7 +7,8 @@
 KUBE_VERSION="${KUBE_VERSION:-v1.35.4}"     # 1.35 is the last line that runs on cgroup v1 + containerd 1.x
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
-DEBIAN_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack iproute2 openssl curl util-linux kmod file)
+KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"     # only the scale benchmark (loadtest) uses it
+DEBIAN_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack iproute2 openssl curl util-linux kmod file fonts-dejavu-core)
 
 TESTBED_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REPO_DIR="$(cd "$TESTBED_DIR/.." && pwd)"
@@ -15,6 +16,7 @@ CACHE="${PGD_CACHE:-$HOME/.cache/pod-graceful-drain}"
 KUBE_BIN="$CACHE/k8s/$KUBE_VERSION/bin"
 ETCD_BIN="$CACHE/etcd/$ETCD_VERSION/bin"
 HELM_BIN="$CACHE/helm/$HELM_VERSION/bin"
+KWOK_BIN="$CACHE/kwok/$KWOK_VERSION/bin"
 # Go's caches live beside the binaries so that one directory holds (and `du` measures) all of it.
 export GOMODCACHE="$CACHE/go/mod" GOCACHE="$CACHE/go/build" GOPATH="$CACHE/go/path"
 export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 GOFLAGS=-mod=mod
