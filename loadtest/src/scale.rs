@@ -227,6 +227,16 @@ pub async fn run(
         });
     }
     progress("removing the fake objects");
+    // Force-deleted in one call while kwok still runs: without a kubelet nobody would finish them.
+    env.api::<Pod>()
+        .delete_collection(
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            },
+            &ListParams::default().labels("bench=scale"),
+        )
+        .await?;
     for n in (0..nodes).map(|i| format!("pgd-fake-{i}")) {
         let _ = node_api.delete(&n, &DeleteParams::default()).await;
     }
