@@ -673,3 +673,80 @@ async fn bad_values_are_refused_with_a_message_naming_them() -> anyhow::Result<(
     );
     Ok(())
 }
+
+/// Renders the chart with `helm template` and the given `--set` values.
+fn render(target: &pgd_testbed::Target, sets: &[&str]) -> anyhow::Result<String> {
+    let mut cmd = helm(target);
+    cmd.args(["template", "t", "-n", "pgd"]).arg(chart_dir());
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// cert-manager and NetworkPolicy are not running on the testbed: what the chart asks of them
+/// is checked as rendered.
+#[tokio::test]
+async fn the_cert_manager_and_network_policy_options_render_what_they_need() -> anyhow::Result<()> {
+    let env = TestEnv::new("chart-render").await?;
+    let default = render(env.target, &[])?;
+    assert!(
+        default.contains("kind: Secret"),
+        "self-managed TLS: the chart owns an empty Secret"
+    );
+    assert!(!default.contains("cert-manager.io"));
+    assert!(
+        !default.contains("caBundle"),
+        "the CA bundle is injected, never rendered"
+    );
+    assert!(default.contains("value: \"true\"\n            - name: PGD_CERT_SECONDS"));
+
+    let cm = render(env.target, &["tls.certManager.enabled=true"])?;
+    assert_eq!(
+        cm.matches("kind: Certificate\n").count(),
+        2,
+        "a CA and a serving Certificate"
+    );
+    assert_eq!(
+        cm.matches("cert-manager.io/inject-ca-from: pgd/t-pod-graceful-drain-serving")
+            .count(),
+        2
+    );
+    assert!(
+        !cm.contains("kind: Secret"),
+        "cert-manager writes the Secret"
+    );
+    assert!(cm.contains("- name: PGD_TLS_MANAGE\n              value: \"false\""));
+    assert!(cm.contains("PGD_UNINSTALL_DELETE_SECRETS"));
+    assert!(
+        cm.contains("verbs: [delete]"),
+        "no update of webhook configurations without self-managed TLS"
+    );
+
+    let np = render(
+        env.target,
+        &[
+            "networkPolicy.enabled=true",
+            "networkPolicy.apiServerCIDRs={10.200.0.0/24}",
+        ],
+    )?;
+    assert!(np.contains("kind: NetworkPolicy"));
+    assert!(np.contains("- ipBlock: {cidr: \"10.200.0.0/24\"}"));
+    let refused = helm(env.target)
+        .args(["template", "t"])
+        .arg(chart_dir())
+        .args(["--set", "networkPolicy.enabled=true"])
+        .output()?;
+    assert!(
+        !refused.status.success(),
+        "a NetworkPolicy without API server CIDRs would block every call"
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("apiServerCIDRs"));
+    Ok(())
+}
