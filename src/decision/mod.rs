@@ -175,10 +175,10 @@ pub fn decide(
         return pass(PassReason::OptedOut);
     }
 
-    // 2. Already draining: the same answer, delete-at unchanged.
-    if pod.labels.contains_key(schedule::DRAINING_LABEL)
-        || pod.annotations.contains_key(schedule::DELETE_AT)
-    {
+    // 2. Already draining (the label a deleter acts on): the same answer, delete-at unchanged.
+    // Schedule annotations without the label are leftovers or forgeries no deleter would ever
+    // act on; such a pod is judged afresh (and its schedule rewritten if it is drained).
+    if pod.labels.contains_key(schedule::DRAINING_LABEL) {
         let reading = schedule::read(pod.annotations, now, policy.bounds);
         let (warnings, started) = match &reading {
             Reading::Damaged {

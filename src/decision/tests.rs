@@ -426,6 +426,20 @@ fn a_mangled_schedule_warns_and_falls_back_to_a_sane_time() {
 }
 
 #[test]
+fn schedule_annotations_without_the_draining_label_do_not_make_a_pod_draining() {
+    let mut w = World::new();
+    w.annotations = map(&[(schedule::DELETE_AT, "2000-01-01T00:00:00Z")]);
+    let d = decide(&policy(), &delete(RS), &w.pod(), &w.facts(None), now());
+    let Decision::Drain { isolate, .. } = d else {
+        panic!("expected a fresh drain, got {d:?}")
+    };
+    assert!(
+        isolate.is_some(),
+        "the pod must be isolated and scheduled anew, not taken as draining already"
+    );
+}
+
+#[test]
 fn a_pod_that_cannot_be_isolated_passes_with_a_warning() {
     let w = World::new();
     let negative = Selector::from_label_selector(
