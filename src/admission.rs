@@ -108,8 +108,18 @@ impl Admission {
             user: &caller.user,
             traceparent: crate::telemetry::current_traceparent(),
         };
+        // Once this request has recorded a disruption in a budget it must not end in "allow" with
+        // the pod not isolated: the real eviction would then spend the budget a second time.
+        let mut recorded = false;
         for _ in 0..ATTEMPTS {
-            match self.attempt(&request, &pod).await? {
+            let step = match self.attempt(&request, &pod, &mut recorded).await {
+                Err(e) if recorded => {
+                    tracing::warn!(error = %e, pod = %caller.name, "isolating after recording the disruption failed; asking the caller to retry");
+                    return Ok(too_many());
+                }
+                other => other?,
+            };
+            match step {
                 Step::Answer(answer, delete_at) => {
                     return Ok(self.finish(answer, delete_at, eviction_has_options).await);
                 }
@@ -120,11 +130,20 @@ impl Admission {
                 Step::Pass => return Ok(Reply::Allow),
             }
         }
+        if recorded {
+            tracing::warn!(pod = %caller.name, "pod kept changing under us after recording the disruption; asking the caller to retry");
+            return Ok(too_many());
+        }
         tracing::warn!(pod = %caller.name, "pod kept changing under us; letting the request through");
         Ok(Reply::Allow)
     }
 
-    async fn attempt(&self, request: &Request<'_>, pod: &Pod) -> Result<Step, AdmissionError> {
+    async fn attempt(
+        &self,
+        request: &Request<'_>,
+        pod: &Pod,
+        recorded: &mut bool,
+    ) -> Result<Step, AdmissionError> {
         let now = Timestamp::now();
         let ns = pod.namespace().unwrap_or_default();
         let name = pod.name_any();
@@ -231,7 +250,8 @@ impl Admission {
                     let api: Api<PodDisruptionBudget> =
                         Api::namespaced(self.view.client().clone(), &ns);
                     match budget_writes::record_disruption(&api, &budget, &name, now).await? {
-                        Spent::Recorded | Spent::Gone => {}
+                        Spent::Recorded => *recorded = true,
+                        Spent::Gone => {}
                         // Someone spent it first: leave it to the eviction handler to refuse.
                         Spent::Refused(_) => return Ok(Step::Pass),
                     }
@@ -294,6 +314,17 @@ impl Admission {
                 Reply::Deny { code: 403, message }
             }
         }
+    }
+}
+
+/// The answer the eviction handler gives when a budget write conflicts: the caller retries (and
+/// the retry finds the disruption already recorded for this pod, so nothing is spent twice).
+fn too_many() -> Reply {
+    Reply::Deny {
+        code: 429,
+        message:
+            "pod-graceful-drain could not finish taking the pod out of its Services; try again"
+                .into(),
     }
 }
 

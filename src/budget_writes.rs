@@ -2,7 +2,8 @@
 //! handler does: re-read the budget, check it still allows a disruption, take one and record the
 //! pod in `disruptedPods`, and write the status with the budget's resourceVersion as precondition.
 //! Two evictions racing for the last disruption: one write wins, the other gets 409, re-reads, and
-//! finds nothing left. A budget can never be overspent.
+//! finds nothing left. A budget can never be overspent, and one pod never spends twice: a pod
+//! already in `disruptedPods` (a retry of the same eviction) counts as recorded.
 
 use jiff::Timestamp;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -26,6 +27,15 @@ pub enum Spent {
     Gone,
 }
 
+/// Whether the budget already counts `pod` as disrupted (the disruption controller drops entries
+/// once the pod is gone or after two minutes).
+pub fn already_disrupted(pdb: &PodDisruptionBudget, pod: &str) -> bool {
+    pdb.status
+        .as_ref()
+        .and_then(|s| s.disrupted_pods.as_ref())
+        .is_some_and(|d| d.contains_key(pod))
+}
+
 pub async fn record_disruption(
     api: &Api<PodDisruptionBudget>,
     budget: &str,
@@ -39,6 +49,9 @@ pub async fn record_disruption(
         let Some((_, facts)) = facts::budget(&pdb) else {
             return Ok(Spent::Gone);
         };
+        if already_disrupted(&pdb, pod) {
+            return Ok(Spent::Recorded);
+        }
         match eviction::spend(&facts) {
             Verdict::SpendsBudget { .. } => {}
             other => return Ok(Spent::Refused(other)),
@@ -63,4 +76,23 @@ pub async fn record_disruption(
         code: 429,
         message: format!("couldn't update PodDisruptionBudget {budget:?} due to conflicts"),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_already_in_disrupted_pods_is_not_spent_again() {
+        let pdb: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "b"},
+            "status": {"disruptedPods": {"web-1": "2026-11-25T10:00:00Z"},
+                       "disruptionsAllowed": 0, "currentHealthy": 2, "desiredHealthy": 2,
+                       "expectedPods": 2, "observedGeneration": 1}
+        }))
+        .unwrap();
+        assert!(already_disrupted(&pdb, "web-1"));
+        assert!(!already_disrupted(&pdb, "web-2"));
+        assert!(!already_disrupted(&PodDisruptionBudget::default(), "web-1"));
+    }
 }
