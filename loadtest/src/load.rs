@@ -9,7 +9,7 @@
 //! ../shared/loadtest-method.md, "Pitfall"). Source ports are therefore chosen here, in sequence,
 //! and a port that carried a failure is never used again.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -61,37 +61,41 @@ pub struct LoadConfig {
     pub max_requests: u64,
 }
 
-/// Source ports handed out in sequence; ports that carried a failure are skipped for good.
-struct Ports {
-    next: AtomicU32,
-    poisoned: Mutex<HashSet<u16>>,
-}
+/// Source ports handed out in sequence, process-wide (so consecutive runs do not meet their own
+/// TIME_WAIT entries), below the kernel's ephemeral range (32768-60999 by default, where the
+/// kernel picks ports for every other connection); ports that carried a failure are skipped for
+/// good.
+static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
+static POISONED: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 
-const PORT_LOW: u32 = 20_000;
-const PORT_HIGH: u32 = 60_999;
+const PORT_LOW: u32 = 10_000;
+const PORT_HIGH: u32 = 32_767;
 
-impl Ports {
-    fn take(&self) -> u16 {
-        loop {
-            let n = self.next.fetch_add(1, Ordering::Relaxed);
-            let port = (PORT_LOW + n % (PORT_HIGH - PORT_LOW + 1)) as u16;
-            if !self
-                .poisoned
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&port)
-            {
-                return port;
-            }
-        }
-    }
-
-    fn poison(&self, port: u16) {
-        self.poisoned
+fn take_port() -> u16 {
+    loop {
+        let n = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        let port = (PORT_LOW + n % (PORT_HIGH - PORT_LOW + 1)) as u16;
+        if !POISONED
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(port);
+            .contains(&port)
+        {
+            return port;
+        }
     }
+}
+
+fn poison(port: u16) {
+    POISONED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(port);
+}
+
+/// The local port cannot be used for this connection (a listener holds it, or a TIME_WAIT entry
+/// for the same peer): a client-side matter, retried on another port, never counted.
+fn port_unusable(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::AddrInUse || e.raw_os_error() == Some(99)
 }
 
 fn classify(e: &std::io::Error) -> Outcome {
@@ -107,16 +111,49 @@ fn classify(e: &std::io::Error) -> Outcome {
     }
 }
 
-/// One request from `port` (0: any): the outcome and the pod that answered.
-pub fn request(target: SocketAddr, port: u16, budget: Duration) -> (Outcome, Option<String>) {
+/// Binds a fresh socket to a port of our own (`ephemeral`: one the kernel picks) and connects.
+/// Returns the stream and the port, or the connect error and the port it happened on.
+fn connect(
+    target: SocketAddr,
+    ephemeral: bool,
+    timeout: Duration,
+) -> Result<(TcpStream, u16), (std::io::Error, u16)> {
+    for _ in 0..100 {
+        let port = if ephemeral { 0 } else { take_port() };
+        let socket =
+            Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).map_err(|e| (e, port))?;
+        socket.set_reuse_address(true).map_err(|e| (e, port))?;
+        match socket.bind(&SockAddr::from(SocketAddr::from(([0, 0, 0, 0], port)))) {
+            Err(e) if port_unusable(&e) => continue,
+            Err(e) => return Err((e, port)),
+            Ok(()) => {}
+        }
+        match socket.connect_timeout(&SockAddr::from(target), timeout) {
+            Err(e) if port_unusable(&e) => continue,
+            Err(e) => return Err((e, port)),
+            Ok(()) => return Ok((socket.into(), port)),
+        }
+    }
+    Err((
+        std::io::Error::other("no usable local port in 100 tries"),
+        0,
+    ))
+}
+
+/// One request (from a port of our own, or an `ephemeral` one): the outcome, the pod that
+/// answered, and the local port used (0 when none was).
+pub fn request(
+    target: SocketAddr,
+    ephemeral: bool,
+    budget: Duration,
+) -> (Outcome, Option<String>, u16) {
     let deadline = Instant::now() + budget;
     let left = || deadline.saturating_duration_since(Instant::now());
-    let attempt = || -> std::io::Result<(Outcome, Option<String>)> {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        socket.bind(&SockAddr::from(SocketAddr::from(([0, 0, 0, 0], port))))?;
-        socket.connect_timeout(&SockAddr::from(target), left())?;
-        let mut stream: TcpStream = socket.into();
+    let (mut stream, port) = match connect(target, ephemeral, left()) {
+        Ok(c) => c,
+        Err((e, port)) => return (classify(&e), None, port),
+    };
+    let mut exchange = || -> std::io::Result<(Outcome, Option<String>)> {
         stream.set_write_timeout(Some(left().max(Duration::from_millis(1))))?;
         stream.write_all(b"GET / HTTP/1.0\r\nHost: load\r\n\r\n")?;
         let mut body = Vec::new();
@@ -146,9 +183,9 @@ pub fn request(target: SocketAddr, port: u16, budget: Duration) -> (Outcome, Opt
             .map(|s| s.trim().to_string());
         Ok((if ok { Outcome::Ok } else { Outcome::HttpError }, served_by))
     };
-    match attempt() {
-        Ok(r) => r,
-        Err(e) => (classify(&e), None),
+    match exchange() {
+        Ok((o, s)) => (o, s, port),
+        Err(e) => (classify(&e), None, port),
     }
 }
 
@@ -167,20 +204,11 @@ impl Load {
     ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let count = Arc::new(AtomicU64::new(0));
-        let ports = Arc::new(Ports {
-            next: AtomicU32::new(std::process::id() * 7919),
-            poisoned: Mutex::new(HashSet::new()),
-        });
         let started = Instant::now();
         let workers = (0..config.workers)
             .map(|i| {
-                let (stop, count, ports, prepare, config) = (
-                    stop.clone(),
-                    count.clone(),
-                    ports.clone(),
-                    prepare.clone(),
-                    config.clone(),
-                );
+                let (stop, count, prepare, config) =
+                    (stop.clone(), count.clone(), prepare.clone(), config.clone());
                 std::thread::spawn(move || {
                     let mut samples = Vec::new();
                     if let Err(e) = prepare() {
@@ -200,10 +228,10 @@ impl Load {
                         }
                         let t = Instant::now();
                         next = t + config.pace;
-                        let port = ports.take();
-                        let (outcome, served_by) = request(config.target, port, config.budget);
-                        if outcome.failed() {
-                            ports.poison(port);
+                        let (outcome, served_by, port) =
+                            request(config.target, false, config.budget);
+                        if outcome.failed() && port != 0 {
+                            poison(port);
                         }
                         samples.push(Sample {
                             at: (t - started).as_secs_f64(),

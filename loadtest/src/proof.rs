@@ -178,7 +178,9 @@ fn warm_up(
             "warm-up: only {} of {pods} pods answered in 60 s",
             seen.len()
         );
-        if let (Outcome::Ok, Some(pod)) = crate::load::request(target, 0, Duration::from_secs(1)) {
+        if let (Outcome::Ok, Some(pod), _) =
+            crate::load::request(target, true, Duration::from_secs(1))
+        {
             seen.insert(pod);
         }
     }
