@@ -175,7 +175,7 @@ pub struct CostReport {
 
 const CONTROLLER: &str = "system:serviceaccount:kube-system:replicaset-controller";
 
-async fn api_delete_latency(api: &Api<Pod>, n: usize) -> anyhow::Result<Latency> {
+async fn create_idle(api: &Api<Pod>, n: usize) -> anyhow::Result<()> {
     let pp = PostParams::default();
     for i in 0..n {
         api.create(
@@ -188,23 +188,44 @@ async fn api_delete_latency(api: &Api<Pod>, n: usize) -> anyhow::Result<Latency>
         api,
         kube::runtime::watcher::Config::default().labels("role=idle"),
         "idle pods running",
-        Duration::from_secs(120),
+        Duration::from_secs(180),
         |pods: &[Pod]| pods.len() == n && pods.iter().all(wait::conditions::pod_ready),
     )
     .await?;
-    let mut answers = Vec::new();
+    Ok(())
+}
+
+/// DELETE latency of idle pods (Running, no Service selects them) in a namespace the webhook
+/// watches and in one it does not, alternating so that both see the same cluster load. The
+/// DELETEs are dry-runs: they go through authentication, admission (the webhook is called, with
+/// dryRun set) and validation like any DELETE, and leave the pods in place, so `n` requests need
+/// only a few pods and no pod churn disturbs the figures.
+async fn api_delete_latency(
+    watched: &Api<Pod>,
+    unwatched: &Api<Pod>,
+    n: usize,
+) -> anyhow::Result<(Latency, Latency)> {
+    const PODS: usize = 5;
+    create_idle(watched, PODS).await?;
+    create_idle(unwatched, PODS).await?;
+    let dp = DeleteParams {
+        dry_run: true,
+        ..DeleteParams::default()
+    };
+    let (mut with, mut without) = (Vec::new(), Vec::new());
     for i in 0..n {
-        let t = Instant::now();
-        api.delete(&format!("idle-{i}"), &DeleteParams::default())
-            .await?;
-        answers.push(Answer {
-            status: 200,
-            client_ms: t.elapsed().as_secs_f64() * 1000.0,
-            server_ms: None,
-            body: Vec::new(),
-        });
+        for (api, out) in [(watched, &mut with), (unwatched, &mut without)] {
+            let t = Instant::now();
+            api.delete(&format!("idle-{}", i % PODS), &dp).await?;
+            out.push(Answer {
+                status: 200,
+                client_ms: t.elapsed().as_secs_f64() * 1000.0,
+                server_ms: None,
+                body: Vec::new(),
+            });
+        }
     }
-    Ok(latency(&answers))
+    Ok((latency(&with), latency(&without)))
 }
 
 fn progress(msg: &str) {
@@ -397,11 +418,11 @@ pub async fn run(
     let replica_rss_mib = podstats::rss_bytes(&uid, "pod-graceful-drain")? as f64 / 1048576.0;
 
     progress(&format!(
-        "API server DELETE latency, {deletes} idle pods with and without the webhook"
+        "API server DELETE latency: {deletes} dry-run DELETEs of idle pods each, with and without the webhook"
     ));
-    let with_webhook = api_delete_latency(&env.api(), deletes).await?;
     let other = TestEnv::new("cost-nowebhook").await?;
-    let without_webhook = api_delete_latency(&other.api(), deletes).await?;
+    let (with_webhook, without_webhook) =
+        api_delete_latency(&env.api(), &other.api(), deletes).await?;
     drop(install);
     Ok(CostReport {
         pass_through,
@@ -428,8 +449,8 @@ pub fn markdown(r: &CostReport) -> String {
          | pass-through, sequential | {} | {} |\n\
          | pass-through, {} connections ({:.0} req/s) | {} | {} |\n\
          | intercepting (isolate + answer) | {} | {} |\n\
-         | API server DELETE of an idle pod, webhook in the path | {} | – / – | {:.2} / {:.2} ms |\n\
-         | API server DELETE of an idle pod, no webhook | {} | – / – | {:.2} / {:.2} ms |\n\n\
+         | API server DELETE (dry-run) of an idle pod, webhook in the path | {} | – / – | {:.2} / {:.2} ms |\n\
+         | API server DELETE (dry-run) of an idle pod, no webhook | {} | – / – | {:.2} / {:.2} ms |\n\n\
          Pass-through throughput: {:.0} requests/s on {} connections for {:.1} s, using {:.2} CPU seconds: \
          **{:.0} requests per CPU-second** (per core). Replica RSS after the run: {:.1} MiB.\n",
         r.pass_through.requests,

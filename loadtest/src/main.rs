@@ -84,8 +84,8 @@ enum Command {
         requests: usize,
         #[arg(long, default_value_t = 200)]
         intercepts: usize,
-        /// Idle pods deleted through the API server, with and without the webhook.
-        #[arg(long, default_value_t = 100)]
+        /// DELETEs (dry-run) of idle pods through the API server, with and without the webhook.
+        #[arg(long, default_value_t = 500)]
         deletes: usize,
     },
     /// Replica memory and CPU with 10,000 pods on kwok's fake nodes and 2,000 Services.

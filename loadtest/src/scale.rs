@@ -241,7 +241,9 @@ pub async fn run(
         )
         .await
     {
-        progress(&format!("deleting the fake pods: {e} (the API server goes on)"));
+        progress(&format!(
+            "deleting the fake pods: {e} (the API server goes on)"
+        ));
     }
     for n in (0..nodes).map(|i| format!("pgd-fake-{i}")) {
         let _ = node_api.delete(&n, &DeleteParams::default()).await;
