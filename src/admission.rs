@@ -152,23 +152,24 @@ impl Admission {
         let annotations = pod.annotations();
         let own = labels.get(OWN_POD_LABEL.0).map(String::as_str) == Some(OWN_POD_LABEL.1);
         // Only pods that could be drained cost API calls: a pod no Service selects (from the
-        // cache) and that carries nothing of ours is answered without any.
+        // cache, scanned once) and that carries nothing of ours is answered without any.
         let ours = labels.contains_key(crate::schedule::DRAINING_LABEL)
             || annotations
                 .keys()
                 .any(|k| k.starts_with(crate::schedule::PREFIX));
-        let cheap_pass = request.dry_run
-            || !ready
-            || terminating
-            || phase != Some("Running")
-            || (!ours && self.view.selecting_services(pod).is_empty());
-        let (surroundings, ns_terminating) = if cheap_pass {
-            (None, false)
+        let maybe_serving = !request.dry_run && ready && !terminating && phase == Some("Running");
+        let services = if maybe_serving {
+            self.view.selecting_services(pod)
         } else {
+            Vec::new()
+        };
+        let (surroundings, ns_terminating) = if maybe_serving && (ours || !services.is_empty()) {
             (
-                Some(self.view.surroundings(pod).await?),
+                Some(self.view.surroundings(pod, services).await?),
                 self.view.namespace_terminating(&ns).await?,
             )
+        } else {
+            (None, false)
         };
         let facts = match &surroundings {
             None => Facts::default(),

@@ -149,10 +149,15 @@ impl ClusterView {
             .map(|s| (format!("{kind} {name}"), s)))
     }
 
-    /// Everything that selects the pod.
-    pub async fn surroundings(&self, pod: &Pod) -> Result<PodSurroundings, kube::Error> {
+    /// Everything that selects the pod, given the Services that do (`selecting_services`, which
+    /// the caller has already asked to decide whether the rest is worth fetching).
+    pub async fn surroundings(
+        &self,
+        pod: &Pod,
+        services: Vec<(String, Selector)>,
+    ) -> Result<PodSurroundings, kube::Error> {
         Ok(PodSurroundings {
-            services: self.selecting_services(pod),
+            services,
             controller: self.controller(pod).await?,
             budgets: self.selecting_budgets(pod),
         })
