@@ -22,7 +22,7 @@ use kube::api::{EvictParams, ListParams, Patch, PatchParams};
 use kube::runtime::wait::conditions::is_deleted;
 use kube::{Api, ResourceExt};
 use pgd_testbed::fetch::{FetchPod, Traffic};
-use pgd_testbed::product::{Install, Options, PRODUCT_PODS, chart_dir};
+use pgd_testbed::product::{Install, Options, chart_dir};
 use pgd_testbed::{TestEnv, helm, testbed_script, wait};
 use pod_graceful_drain::schedule;
 use serde_json::json;
@@ -131,14 +131,7 @@ async fn a_default_install_is_highly_available_and_drains_a_rollout() -> anyhow:
         )
         .await?;
     install.wait_ready(3).await?;
-    let replicas: Api<Pod> = install.api();
-    let running: Vec<Pod> = replicas
-        .list(&ListParams::default().labels(PRODUCT_PODS))
-        .await?
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect();
+    let running = install.replicas().await?;
     assert_eq!(running.len(), 3, "three replicas under enforce=restricted");
     for p in &running {
         let spec = p.spec.as_ref().expect("spec");
@@ -258,17 +251,6 @@ fn served_certificate(
     Ok((serial, verified))
 }
 
-async fn replica_pods(install: &Install) -> anyhow::Result<Vec<Pod>> {
-    Ok(install
-        .api::<Pod>()
-        .list(&ListParams::default().labels(PRODUCT_PODS))
-        .await?
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect())
-}
-
 fn write_bundle(install: &Install, secret: &Secret) -> anyhow::Result<std::path::PathBuf> {
     let path = std::env::temp_dir().join(format!("{}-ca.crt", install.name));
     let data = secret.data.as_ref().expect("data");
@@ -293,7 +275,7 @@ async fn a_rotated_certificate_is_served_without_restarts() -> anyhow::Result<()
     let first = secrets.get(&secret_name).await?;
     let bundle = write_bundle(&install, &first)?;
     let host = format!("{}.{}.svc", install.name, install.namespace);
-    let before = replica_pods(&install).await?;
+    let before = install.replicas().await?;
     let mut serials = Vec::new();
     for p in &before {
         let ip = p
@@ -344,7 +326,7 @@ async fn a_rotated_certificate_is_served_without_restarts() -> anyhow::Result<()
         "the CA bundle must not change when the serving certificate rotates"
     );
     // Same pods, no restarts.
-    let now = replica_pods(&install).await?;
+    let now = install.replicas().await?;
     let uids = |ps: &[Pod]| {
         ps.iter()
             .map(|p| p.uid().unwrap_or_default())
@@ -432,7 +414,8 @@ async fn an_upgrade_under_load_loses_no_schedule_and_keeps_the_certificate() -> 
         ])
         .await?;
     eprintln!("helm upgrade to a new image took {:?}", t.elapsed());
-    let images: BTreeSet<String> = replica_pods(&install)
+    let images: BTreeSet<String> = install
+        .replicas()
         .await?
         .iter()
         .filter_map(|p| {

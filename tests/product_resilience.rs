@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams};
@@ -48,32 +47,9 @@ async fn killing_the_leader_mid_drain_still_deletes_on_time() -> anyhow::Result<
     let install = Install::new(&env, Options::default()).await?;
     let pods = app(&env, 2).await?;
     let api: Api<Pod> = env.api();
-    let leases: Api<Lease> = install.api();
-    let leader = wait::until(
-        &leases,
-        &install.name,
-        "a leader",
-        Duration::from_secs(30),
-        |l: Option<&Lease>| {
-            l.and_then(|l| l.spec.as_ref()?.holder_identity.as_ref())
-                .is_some()
-        },
-    )
-    .await?
-    .and_then(|l| l.spec?.holder_identity)
-    .expect("a holder");
     let delete_at = start_drain(&api, &pods[0].name_any()).await?;
     // kill -9: no grace, no SIGTERM handling, the Lease is not released.
-    install
-        .api::<Pod>()
-        .delete(
-            &leader,
-            &DeleteParams {
-                grace_period_seconds: Some(0),
-                ..DeleteParams::default()
-            },
-        )
-        .await?;
+    let leader = install.kill_leader().await?;
     eprintln!("killed leader {leader}; the drain ends at {delete_at}");
     // The Lease (6 s) expires before delete-at (8 s after the eviction): the other replica takes
     // over and deletes on time, within a tick and a renewal period.

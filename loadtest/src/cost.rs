@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use pgd_testbed::TestEnv;
 use pgd_testbed::objects;
-use pgd_testbed::product::{Install, Options, PRODUCT_PODS};
+use pgd_testbed::product::{Install, Options};
 use pgd_testbed::wait;
 use pod_graceful_drain::schedule;
 use serde::Serialize;
@@ -22,6 +22,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::podstats;
+use crate::progress;
 
 /// A kept-alive HTTPS/1.1 connection to one replica.
 struct Conn {
@@ -228,10 +229,6 @@ async fn api_delete_latency(
     Ok((latency(&with), latency(&without)))
 }
 
-fn progress(msg: &str) {
-    eprintln!("[{}] {msg}", jiff::Zoned::now().strftime("%H:%M:%S"));
-}
-
 pub async fn run(
     seconds: u64,
     requests: usize,
@@ -250,12 +247,10 @@ pub async fn run(
     )
     .await?;
     let replica = install
-        .api::<Pod>()
-        .list(&ListParams::default().labels(PRODUCT_PODS))
+        .replicas()
         .await?
-        .items
         .into_iter()
-        .find(|p| p.metadata.deletion_timestamp.is_none())
+        .next()
         .ok_or_else(|| anyhow::anyhow!("no replica"))?;
     let ip = replica
         .status

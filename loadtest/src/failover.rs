@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
+use crate::progress;
+
 use jiff::Timestamp;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, EvictParams, Patch, PatchParams};
+use kube::api::{EvictParams, Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions::is_deleted};
 use kube::{Api, ResourceExt};
 use pgd_testbed::TestEnv;
@@ -29,10 +30,6 @@ pub struct Failover {
     pub after_kill_s: f64,
     /// The drain ended on time before the kill, for comparison.
     pub late_before_kill_s: f64,
-}
-
-fn progress(msg: &str) {
-    eprintln!("[{}] {msg}", jiff::Zoned::now().strftime("%H:%M:%S"));
 }
 
 async fn gone(api: &Api<Pod>, pod: &Pod) -> anyhow::Result<Timestamp> {
@@ -93,21 +90,7 @@ pub async fn run(lease_seconds: u64) -> anyhow::Result<Failover> {
     progress("first drain: waiting for the leader to carry it out");
     let first = gone(&api, &draining[0].0).await?;
     let late_before = (first - draining[0].1).total(jiff::Unit::Second)?;
-    let lease: Lease = install.api().get(&install.name).await?;
-    let leader = lease
-        .spec
-        .and_then(|s| s.holder_identity)
-        .ok_or_else(|| anyhow::anyhow!("no leader"))?;
-    install
-        .api::<Pod>()
-        .delete(
-            &leader,
-            &DeleteParams {
-                grace_period_seconds: Some(0),
-                ..DeleteParams::default()
-            },
-        )
-        .await?;
+    let leader = install.kill_leader().await?;
     let killed = Timestamp::now();
     progress(&format!(
         "killed the leader {leader}; the next drain ends at {}",

@@ -196,25 +196,17 @@ pub struct Load {
 }
 
 impl Load {
-    /// Starts the workers; each first runs `prepare` on its own thread (entering the testbed's
-    /// network namespace, which is per thread).
-    pub fn start(
-        config: LoadConfig,
-        prepare: Arc<dyn Fn() -> anyhow::Result<()> + Send + Sync>,
-    ) -> Load {
+    /// Starts the workers. They inherit the network namespace of the thread that starts them
+    /// (main joins the testbed's before any thread exists).
+    pub fn start(config: LoadConfig) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let count = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
         let workers = (0..config.workers)
             .map(|i| {
-                let (stop, count, prepare, config) =
-                    (stop.clone(), count.clone(), prepare.clone(), config.clone());
+                let (stop, count, config) = (stop.clone(), count.clone(), config.clone());
                 std::thread::spawn(move || {
                     let mut samples = Vec::new();
-                    if let Err(e) = prepare() {
-                        eprintln!("load worker {i}: {e:#}");
-                        return samples;
-                    }
                     // Spread the workers' first requests over one pace.
                     std::thread::sleep(config.pace * i as u32 / config.workers.max(1) as u32);
                     let mut next = Instant::now();

@@ -254,6 +254,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A progress line on stderr, stamped with the time of day.
+pub(crate) fn progress(msg: &str) {
+    eprintln!("[{}] {msg}", jiff::Zoned::now().strftime("%H:%M:%S"));
+}
+
 /// kube's rustls client needs a process-wide crypto provider.
 fn rustls_provider() -> Result<(), std::sync::Arc<rustls::crypto::CryptoProvider>> {
     rustls::crypto::ring::default_provider().install_default()

@@ -22,6 +22,7 @@ use serde_json::json;
 use crate::lag::Paused;
 use crate::load::{Load, LoadConfig, Outcome, Sample};
 use crate::observe::{Observer, PodTimes};
+use crate::progress;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -128,10 +129,6 @@ impl RunResult {
     }
 }
 
-fn progress(msg: &str) {
-    eprintln!("[{}] {msg}", jiff::Zoned::now().strftime("%H:%M:%S"));
-}
-
 fn app_deployment(
     name: &str,
     replicas: i32,
@@ -163,13 +160,8 @@ fn app_deployment(
 }
 
 /// Sends requests until every app pod has answered once (kube-proxy knows them all), on the
-/// calling (blocking) thread, which enters the testbed network first.
-fn warm_up(
-    target: SocketAddr,
-    pods: usize,
-    enter: &(dyn Fn() -> anyhow::Result<()> + Send + Sync),
-) -> anyhow::Result<()> {
-    enter()?;
+/// calling (blocking) thread.
+fn warm_up(target: SocketAddr, pods: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = std::collections::BTreeSet::new();
     while seen.len() < pods {
@@ -271,13 +263,8 @@ pub async fn run_one(
         Duration::from_secs(60),
     )
     .await?;
-    let enter: Arc<dyn Fn() -> anyhow::Result<()> + Send + Sync> =
-        Arc::new(move || target.enter_network().map_err(anyhow::Error::from));
-    {
-        let enter = enter.clone();
-        let replicas = cfg.replicas as usize;
-        tokio::task::spawn_blocking(move || warm_up(addr, replicas, enter.as_ref())).await??;
-    }
+    let replicas = cfg.replicas as usize;
+    tokio::task::spawn_blocking(move || warm_up(addr, replicas)).await??;
     let pods_api: Api<Pod> = env.api();
     let before: Vec<Pod> = pods_api
         .list(&ListParams::default().labels(&format!("{APP_LABEL}={name}")))
@@ -288,17 +275,14 @@ pub async fn run_one(
         "{scenario} / {mode}: load on, {} s baseline",
         cfg.baseline.as_secs()
     ));
-    let load = Load::start(
-        LoadConfig {
-            target: addr,
-            workers: cfg.workers,
-            pace: cfg.pace,
-            budget: cfg.budget,
-            max_duration: Duration::from_secs(600),
-            max_requests: 500_000,
-        },
-        enter.clone(),
-    );
+    let load = Load::start(LoadConfig {
+        target: addr,
+        workers: cfg.workers,
+        pace: cfg.pace,
+        budget: cfg.budget,
+        max_duration: Duration::from_secs(600),
+        max_requests: 500_000,
+    });
     let zero = load.started;
     let observer = Observer::start(pods_api.clone(), zero);
     tokio::time::sleep(cfg.baseline).await;

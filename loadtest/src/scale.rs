@@ -12,11 +12,12 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use pgd_testbed::TestEnv;
-use pgd_testbed::product::{Install, Options, PRODUCT_PODS};
+use pgd_testbed::product::{Install, Options};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::podstats;
+use crate::progress;
 
 const FAKE: &str = "kwok.x-k8s.io/node";
 
@@ -85,10 +86,6 @@ pub struct ScaleReport {
     pub replicas: Vec<ReplicaFigures>,
 }
 
-fn progress(msg: &str) {
-    eprintln!("[{}] {msg}", jiff::Zoned::now().strftime("%H:%M:%S"));
-}
-
 async fn create_all<K, F>(api: &Api<K>, n: usize, what: &str, make: F) -> anyhow::Result<()>
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
@@ -134,14 +131,7 @@ pub async fn run(
         },
     )
     .await?;
-    let replicas: Vec<Pod> = install
-        .api::<Pod>()
-        .list(&ListParams::default().labels(PRODUCT_PODS))
-        .await?
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect();
+    let replicas: Vec<Pod> = install.replicas().await?;
     let uids: Vec<String> = replicas
         .iter()
         .map(|p| p.uid().unwrap_or_default())

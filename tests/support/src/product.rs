@@ -12,7 +12,10 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
+use kube::api::{DeleteParams, ListParams};
 
 use crate::cluster::{Target, helm};
 use crate::error::{Error, Result};
@@ -175,6 +178,43 @@ impl Install {
         <K as kube::Resource>::DynamicType: Default,
     {
         Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// The replicas that are not terminating.
+    pub async fn replicas(&self) -> Result<Vec<Pod>> {
+        Ok(self
+            .api::<Pod>()
+            .list(&ListParams::default().labels(PRODUCT_PODS))
+            .await?
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect())
+    }
+
+    /// Kills the replica that holds the Lease (waiting up to 30 s for one to), the hard way:
+    /// grace period 0, so it neither handles SIGTERM nor releases the Lease. Returns its name.
+    pub async fn kill_leader(&self) -> Result<String> {
+        let leases: Api<Lease> = self.api();
+        let leader = wait::until(
+            &leases,
+            &self.name,
+            "a leader",
+            Duration::from_secs(30),
+            |l: Option<&Lease>| {
+                l.and_then(|l| l.spec.as_ref()?.holder_identity.as_ref())
+                    .is_some()
+            },
+        )
+        .await?
+        .and_then(|l| l.spec?.holder_identity)
+        .ok_or_else(|| Error::Unexpected("the Lease has no holder".into()))?;
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        };
+        self.api::<Pod>().delete(&leader, &dp).await?;
+        Ok(leader)
     }
 
     /// Every replica ready and behind the Service, and the CA bundle in both webhooks.
