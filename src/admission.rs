@@ -2,17 +2,22 @@
 //! isolating patch, event), answer (at once, or held until delete-at). A conflict on any write
 //! re-reads the pod and decides again, so every replica may answer any request.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::{Api, ResourceExt};
+use tokio::sync::Semaphore;
 
 use crate::budget_writes::{self, Spent};
+use crate::client_auth::Caller;
 use crate::cluster_view::ClusterView;
 use crate::decision::{
-    self, Answer, Decision, Facts, Operation, PassReason, PodView, Policy, Request,
+    self, Answer, Decision, Facts, LongDrain, Operation, Origin, PassReason, PodView, Policy,
+    Request,
 };
 use crate::events::Events;
 use crate::facts;
@@ -24,9 +29,15 @@ use crate::review::{self, BadReview, Incoming, Reply};
 pub const OWN_POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "pod-graceful-drain");
 /// How many times a request re-reads and re-decides after a conflicting write.
 const ATTEMPTS: usize = 5;
+/// Held answers at once (each is a connection of the API server's kept open up to the hold).
+pub const MAX_HELD: usize = 256;
 
 pub struct Admission {
     pub policy: Policy,
+    /// Permits for held answers; past them a request is answered at once.
+    pub held: Arc<Semaphore>,
+    /// How many requests found no permit to be held.
+    pub held_over_cap: AtomicU64,
     pub view: ClusterView,
     pub events: Events,
     pub field_manager: String,
@@ -48,10 +59,18 @@ pub struct HttpAnswer {
     pub body: Vec<u8>,
 }
 
+/// The one event a request publishes (whatever number of attempts it took).
+struct Notice {
+    warning: bool,
+    reason: &'static str,
+    note: String,
+}
+
 impl Admission {
-    /// Serves one request body. Never panics on input; a bad body is a 4xx with its reason.
-    #[tracing::instrument(name = "admission", skip_all, fields(uid, user, pod))]
-    pub async fn serve(&self, body: &[u8]) -> HttpAnswer {
+    /// Serves one request body from `caller`. Never panics on input; a bad body is a 4xx with its
+    /// reason.
+    #[tracing::instrument(name = "admission", skip_all, fields(uid, user, pod, caller = %caller))]
+    pub async fn serve(&self, body: &[u8], caller: &Caller) -> HttpAnswer {
         let incoming = match review::parse(body) {
             Ok(i) => i,
             Err(e) => {
@@ -70,7 +89,12 @@ impl Admission {
             "pod",
             format!("{}/{}", incoming.caller().namespace, incoming.caller().name).as_str(),
         );
-        let reply = match self.handle(&incoming).await {
+        let origin = if caller.is_verified() {
+            Origin::ApiServer
+        } else {
+            Origin::Unverified
+        };
+        let reply = match self.handle(&incoming, origin).await {
             Ok(reply) => reply,
             Err(e) => {
                 // The webhook is failurePolicy Ignore: an error lets the request through, which
@@ -85,57 +109,109 @@ impl Admission {
         }
     }
 
-    async fn handle(&self, incoming: &Incoming) -> Result<Reply, AdmissionError> {
+    async fn handle(&self, incoming: &Incoming, origin: Origin) -> Result<Reply, AdmissionError> {
         let caller = incoming.caller();
-        let (operation, mut pod, eviction_has_options) = match incoming {
+        let (operation, hint, eviction_has_options) = match incoming {
             Incoming::Delete { pod, options, .. } => {
-                (Operation::Delete(options.clone()), (**pod).clone(), false)
+                (Operation::Delete(options.clone()), Some(&**pod), false)
             }
-            Incoming::Evict { eviction, .. } => {
-                if caller.dry_run {
-                    return Ok(Reply::Allow);
-                }
-                match self.view.pod(&caller.namespace, &caller.name).await? {
-                    Some(p) => (Operation::Evict, p, review::eviction_has_options(eviction)),
-                    // The eviction handler answers 404 itself.
-                    None => return Ok(Reply::Allow),
-                }
-            }
+            Incoming::Evict { has_options, .. } => (Operation::Evict, None, *has_options),
         };
         let request = Request {
             operation,
             dry_run: caller.dry_run,
             user: &caller.user,
+            origin,
             traceparent: crate::telemetry::current_traceparent(),
         };
+        if request.dry_run {
+            return Ok(Reply::Allow);
+        }
+        // The DELETE's oldObject is only a hint of whether the pod may need us: anyone able to
+        // reach the port could have written it. The decision is made on the pod as stored.
+        if let Some(hint) = hint
+            && !self.may_need_us(hint)
+        {
+            return Ok(Reply::Allow);
+        }
+        let Some(mut pod) = self.view.pod(&caller.namespace, &caller.name).await? else {
+            // Gone already (the API server answers 404 itself).
+            return Ok(Reply::Allow);
+        };
+        if let Some(hint) = hint
+            && hint.metadata.uid.is_some()
+            && hint.metadata.uid != pod.metadata.uid
+        {
+            tracing::warn!(pod = %caller.name, "the review's oldObject is not the stored pod; letting the request through");
+            return Ok(Reply::Allow);
+        }
         // Once this request has recorded a disruption in a budget it must not end in "allow" with
         // the pod not isolated: the real eviction would then spend the budget a second time.
         let mut recorded = false;
+        let mut notice = None;
+        let mut outcome = None;
         for _ in 0..ATTEMPTS {
-            let step = match self.attempt(&request, &pod, &mut recorded).await {
+            let step = match self
+                .attempt(&request, &pod, &mut recorded, &mut notice)
+                .await
+            {
                 Err(e) if recorded => {
                     tracing::warn!(error = %e, pod = %caller.name, "isolating after recording the disruption failed; asking the caller to retry");
-                    return Ok(too_many());
+                    outcome = Some(Ok(Finish::Now(too_many())));
+                    break;
                 }
-                other => other?,
+                Err(e) => {
+                    outcome = Some(Err(e));
+                    break;
+                }
+                Ok(step) => step,
             };
             match step {
                 Step::Answer(answer, delete_at) => {
-                    return Ok(self.finish(answer, delete_at, eviction_has_options).await);
+                    outcome = Some(Ok(Finish::Answer(answer, delete_at)));
+                    break;
                 }
                 Step::Reread => match self.view.pod(&caller.namespace, &caller.name).await? {
                     Some(p) => pod = p,
-                    None => return Ok(Reply::Allow),
+                    None => {
+                        outcome = Some(Ok(Finish::Now(Reply::Allow)));
+                        break;
+                    }
                 },
-                Step::Pass => return Ok(Reply::Allow),
+                Step::Pass => {
+                    outcome = Some(Ok(Finish::Now(Reply::Allow)));
+                    break;
+                }
             }
         }
-        if recorded {
-            tracing::warn!(pod = %caller.name, "pod kept changing under us after recording the disruption; asking the caller to retry");
-            return Ok(too_many());
+        // One request, at most one event, published before any hold.
+        if let Some(n) = notice {
+            self.events.publish(&pod, n.warning, n.reason, n.note).await;
         }
-        tracing::warn!(pod = %caller.name, "pod kept changing under us; letting the request through");
-        Ok(Reply::Allow)
+        match outcome {
+            Some(Ok(Finish::Answer(answer, delete_at))) => {
+                Ok(self.finish(answer, delete_at, eviction_has_options).await)
+            }
+            Some(Ok(Finish::Now(reply))) => Ok(reply),
+            Some(Err(e)) => Err(e),
+            None if recorded => {
+                tracing::warn!(pod = %caller.name, "pod kept changing under us after recording the disruption; asking the caller to retry");
+                Ok(too_many())
+            }
+            None => {
+                tracing::warn!(pod = %caller.name, "pod kept changing under us; letting the request through");
+                Ok(Reply::Allow)
+            }
+        }
+    }
+
+    /// Whether a pod like this could need anything of us (costs no API call): serving, or
+    /// carrying our draining label, and selected by a Service from the cache or ours.
+    fn may_need_us(&self, pod: &Pod) -> bool {
+        let (phase, ready, terminating) = facts::pod_state(pod);
+        let ours = pod.labels().contains_key(crate::schedule::DRAINING_LABEL);
+        let maybe_serving = ready && !terminating && phase == Some("Running");
+        ours || (maybe_serving && !self.view.selecting_services(pod).is_empty())
     }
 
     async fn attempt(
@@ -143,7 +219,9 @@ impl Admission {
         request: &Request<'_>,
         pod: &Pod,
         recorded: &mut bool,
+        notice: &mut Option<Notice>,
     ) -> Result<Step, AdmissionError> {
+        *notice = None;
         let now = Timestamp::now();
         let ns = pod.namespace().unwrap_or_default();
         let name = pod.name_any();
@@ -163,13 +241,17 @@ impl Admission {
         } else {
             Vec::new()
         };
-        let (surroundings, ns_terminating) = if maybe_serving && (ours || !services.is_empty()) {
+        let (surroundings, namespace) = if maybe_serving && (ours || !services.is_empty()) {
             (
                 Some(self.view.surroundings(pod, services).await?),
-                self.view.namespace_terminating(&ns).await?,
+                Some(
+                    self.view
+                        .namespace(&ns, self.policy.namespace_selector.as_ref())
+                        .await?,
+                ),
             )
         } else {
-            (None, false)
+            (None, None)
         };
         let facts = match &surroundings {
             None => Facts::default(),
@@ -210,26 +292,33 @@ impl Admission {
             labels,
             annotations,
             own,
-            namespace_terminating: ns_terminating,
+            namespace_terminating: namespace.is_some_and(|n| n.terminating),
+            // Unread only for a pod that cannot be drained now (the decision passes it or, for
+            // one already draining, repeats its answer without a write).
+            namespace_selected: namespace.is_none_or(|n| n.selected),
         };
         match decision::decide(&self.policy, request, &view, &facts, now) {
             Decision::Pass { reason, warning } => {
                 // Events only where a person would ask why an exposed pod was not drained; the
                 // everyday passes (not serving, dry-run, excluded) stay quiet.
-                match (reason, warning) {
-                    (_, Some(w)) => self.events.publish(pod, true, "CannotDrain", w).await,
-                    (PassReason::OptedOut, None) => {
-                        let note = format!("Not drained: annotated {}", crate::schedule::OPT_OUT);
-                        self.events.publish(pod, false, "DrainSkipped", note).await;
-                    }
-                    (PassReason::BudgetRefuses, None) => {
-                        let note = "Eviction left to the API server: the PodDisruptionBudget allows no disruption now".to_string();
-                        self.events
-                            .publish(pod, false, "EvictionNotAllowed", note)
-                            .await;
-                    }
-                    _ => {}
-                }
+                *notice = match (reason, warning) {
+                    (_, Some(w)) => Some(Notice {
+                        warning: true,
+                        reason: "CannotDrain",
+                        note: w,
+                    }),
+                    (PassReason::OptedOut, None) => Some(Notice {
+                        warning: false,
+                        reason: "DrainSkipped",
+                        note: format!("Not drained: annotated {}", crate::schedule::OPT_OUT),
+                    }),
+                    (PassReason::BudgetRefuses, None) => Some(Notice {
+                        warning: false,
+                        reason: "EvictionNotAllowed",
+                        note: "Eviction left to the API server: the PodDisruptionBudget allows no disruption now".to_string(),
+                    }),
+                    _ => None,
+                };
                 if !matches!(reason, PassReason::DryRun | PassReason::NotExposed) {
                     tracing::debug!(pod = %name, ?reason, "passing through");
                 }
@@ -242,10 +331,12 @@ impl Admission {
                 answer,
                 warnings,
             } => {
-                for w in warnings {
-                    self.events
-                        .publish(pod, true, "DrainScheduleRepaired", w)
-                        .await;
+                if !warnings.is_empty() {
+                    *notice = Some(Notice {
+                        warning: true,
+                        reason: "DrainScheduleRepaired",
+                        note: warnings.join("; "),
+                    });
                 }
                 if let Some(budget) = spend_budget {
                     let api: Api<PodDisruptionBudget> =
@@ -273,20 +364,21 @@ impl Admission {
                     .await?
                     {
                         Outcome::Done => {
-                            tracing::info!(pod = %name, namespace = %ns, user = request.user, %delete_at, removed = ?plan.remove, "draining");
-                            self.events
-                                .publish(
-                                    pod,
-                                    false,
-                                    "Draining",
-                                    format!(
-                                        "Taken out of its Services and controller (labels {:?} removed, kept in {}); deleted at {delete_at}; requested by {}",
-                                        plan.remove,
-                                        crate::schedule::REMOVED_LABELS,
-                                        request.user
-                                    ),
-                                )
-                                .await;
+                            let by = request.requested_by();
+                            tracing::info!(pod = %name, namespace = %ns, requested_by = %by, %delete_at, removed = ?plan.remove, "draining");
+                            let mut note = format!(
+                                "Taken out of its Services and controller (labels {:?} removed, kept in {}); deleted at {delete_at}; requested by {by}",
+                                plan.remove,
+                                crate::schedule::REMOVED_LABELS,
+                            );
+                            if !warnings.is_empty() {
+                                note.push_str(&format!("; note: {}", warnings.join("; ")));
+                            }
+                            *notice = Some(Notice {
+                                warning: false,
+                                reason: "Draining",
+                                note,
+                            });
                         }
                         Outcome::Gone => return Ok(Step::Pass),
                         Outcome::Conflict => return Ok(Step::Reread),
@@ -297,8 +389,36 @@ impl Admission {
         }
     }
 
-    /// Turns the answer into a reply, holding it when asked to.
+    /// Turns the answer into a reply, holding it when asked to. Past the cap on held requests the
+    /// answer is given at once: what the policy answers a drain too long to wait for.
     async fn finish(&self, answer: Answer, delete_at: Timestamp, has_options: bool) -> Reply {
+        let held = matches!(
+            answer,
+            Answer::HoldThenAllow { .. } | Answer::HoldThenDeny { .. }
+        );
+        let _permit = if held {
+            match self.held.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    let n = self.held_over_cap.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::warn!(total = n, %delete_at, "too many held requests; answering at once");
+                    return match (answer, self.policy.long_drain) {
+                        (Answer::HoldThenDeny { message, .. }, _) => {
+                            Reply::Deny { code: 403, message }
+                        }
+                        (_, LongDrain::Allow) => Reply::Allow,
+                        (_, LongDrain::Deny) => Reply::Deny {
+                            code: 403,
+                            message: format!(
+                                "the pod is draining and will be deleted at {delete_at}; too many requests are waiting to be answered, so this one is answered now"
+                            ),
+                        },
+                    };
+                }
+            }
+        } else {
+            None
+        };
         match answer {
             Answer::Deny(message) => Reply::Deny { code: 403, message },
             Answer::Allow => Reply::Allow,
@@ -316,6 +436,12 @@ impl Admission {
             }
         }
     }
+}
+
+/// How a request ends once its attempts are over.
+enum Finish {
+    Answer(Answer, Timestamp),
+    Now(Reply),
 }
 
 /// The answer the eviction handler gives when a budget write conflicts: the caller retries (and

@@ -19,6 +19,13 @@ use crate::eviction::Budget;
 use crate::facts;
 use crate::selector::Selector;
 
+/// What the decision reads of a pod's namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NamespaceFacts {
+    pub terminating: bool,
+    pub selected: bool,
+}
+
 #[derive(Clone)]
 pub struct ClusterView {
     client: Client,
@@ -163,12 +170,27 @@ impl ClusterView {
         })
     }
 
-    /// Whether the namespace is being deleted (then its pods are let go at once).
-    pub async fn namespace_terminating(&self, ns: &str) -> Result<bool, kube::Error> {
-        Ok(Api::<Namespace>::all(self.client.clone())
+    /// The namespace as the decision needs it: whether it is being deleted (then its pods are let
+    /// go at once) and whether `selector` selects it (`None`: every namespace does). A namespace
+    /// that does not exist is terminating and selected by nothing.
+    pub async fn namespace(
+        &self,
+        ns: &str,
+        selector: Option<&Selector>,
+    ) -> Result<NamespaceFacts, kube::Error> {
+        let found = Api::<Namespace>::all(self.client.clone())
             .get_opt(ns)
-            .await?
-            .is_none_or(|n| n.metadata.deletion_timestamp.is_some()))
+            .await?;
+        Ok(match found {
+            None => NamespaceFacts {
+                terminating: true,
+                selected: false,
+            },
+            Some(n) => NamespaceFacts {
+                terminating: n.metadata.deletion_timestamp.is_some(),
+                selected: selector.is_none_or(|s| s.matches(n.labels())),
+            },
+        })
     }
 
     pub async fn pod(&self, ns: &str, name: &str) -> Result<Option<Pod>, kube::Error> {

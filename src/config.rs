@@ -8,8 +8,12 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::client_auth;
 use crate::decision::{LongDrain, Policy};
 use crate::schedule::DrainBounds;
+use crate::selector::Selector;
 
 /// The API server gives up on a webhook after at most 30 s; a held answer must come before that.
 pub const WEBHOOK_TIMEOUT_CEILING: Duration = Duration::from_secs(30);
@@ -78,6 +82,23 @@ pub struct Args {
     /// Serving key (PEM), reloaded when the file changes.
     #[arg(long, env = "PGD_TLS_KEY_FILE", default_value = "/tls/tls.key")]
     pub tls_key_file: PathBuf,
+    /// Whether callers must present the API server's client certificate: `required` refuses the
+    /// TLS handshake otherwise; `optional` serves them as unverified (counted and logged);
+    /// `none` verifies nobody. Unverified requests are served without trusting their body.
+    #[arg(long, env = "PGD_CLIENT_AUTH", value_enum, default_value = "none")]
+    pub client_auth: client_auth::Mode,
+    /// PEM bundle of the CA that signs the API server's client certificate (re-read when it
+    /// changes).
+    #[arg(long, env = "PGD_CLIENT_CA_FILE", default_value = "/client-ca/ca.crt")]
+    pub client_ca_file: PathBuf,
+    /// Identities (certificate CN or DNS SAN) allowed to call, comma-separated: a cluster CA
+    /// signs many clients, only the API server's may call.
+    #[arg(long, env = "PGD_CLIENT_ALLOWED_NAMES", value_delimiter = ',')]
+    pub client_allowed_names: Vec<String>,
+    /// The namespaces served, as a JSON LabelSelector on their labels (the webhooks'
+    /// namespaceSelector, applied here too). Empty: every namespace not excluded.
+    #[arg(long, env = "PGD_NAMESPACE_SELECTOR", default_value = "")]
+    pub namespace_selector: String,
     /// Drain length when a pod does not ask for another, in seconds.
     #[arg(long, env = "PGD_DRAIN_SECONDS", default_value_t = 90)]
     pub drain_seconds: u64,
@@ -181,6 +202,10 @@ pub enum ConfigError {
     CertLifetimes { cert: i64, ca: i64 },
     #[error("--tls-manage needs --tls-secret")]
     ManageWithoutSecret,
+    #[error("--client-auth {0:?} needs --client-allowed-names (a cluster CA signs many clients)")]
+    NoAllowedClients(client_auth::Mode),
+    #[error("--namespace-selector is not a valid LabelSelector: {0}")]
+    NamespaceSelector(String),
 }
 
 impl Args {
@@ -208,6 +233,10 @@ impl Args {
         if self.tls_manage && self.tls_secret.is_none() {
             return Err(ConfigError::ManageWithoutSecret);
         }
+        if self.client_auth != client_auth::Mode::None && self.allowed_clients().is_empty() {
+            return Err(ConfigError::NoAllowedClients(self.client_auth));
+        }
+        self.namespace_selector()?;
         for (name, value) in [
             ("namespace", &self.namespace),
             ("service-name", &self.service_name),
@@ -221,6 +250,30 @@ impl Args {
             }
         }
         Ok(())
+    }
+
+    pub fn allowed_clients(&self) -> client_auth::Allowed {
+        client_auth::Allowed::new(&self.client_allowed_names)
+    }
+
+    /// The namespace selector (`None`: every namespace).
+    pub fn namespace_selector(&self) -> Result<Option<Selector>, ConfigError> {
+        let text = self.namespace_selector.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let parsed: LabelSelector = serde_json::from_str(text)
+            .map_err(|e| ConfigError::NamespaceSelector(e.to_string()))?;
+        let empty = parsed.match_labels.as_ref().is_none_or(|m| m.is_empty())
+            && parsed
+                .match_expressions
+                .as_ref()
+                .is_none_or(|e| e.is_empty());
+        if empty {
+            return Ok(None);
+        }
+        Selector::from_label_selector(&parsed)
+            .map_err(|e| ConfigError::NamespaceSelector(e.to_string()))
     }
 
     /// The user name this process's requests arrive with.
@@ -251,6 +304,8 @@ impl Args {
         };
         Policy {
             excluded_namespaces: set(&self.excluded_namespaces),
+            // Checked by validate().
+            namespace_selector: self.namespace_selector().ok().flatten(),
             own_user: self.own_user(),
             controller_users: set(&self.controller_users),
             bounds: DrainBounds {
@@ -341,6 +396,46 @@ mod tests {
             args(&["--tls-manage", "true"]).validate(),
             Err(ConfigError::ManageWithoutSecret)
         );
+    }
+
+    #[test]
+    fn client_auth_needs_an_allow_list_and_the_namespace_selector_must_parse() {
+        assert_eq!(
+            args(&["--client-auth", "required"]).validate(),
+            Err(ConfigError::NoAllowedClients(client_auth::Mode::Required))
+        );
+        let a = args(&[
+            "--client-auth",
+            "optional",
+            "--client-allowed-names",
+            "kube-apiserver-webhook-client, other",
+        ]);
+        a.validate().unwrap();
+        assert!(!a.allowed_clients().is_empty());
+        let a = args(&[
+            "--namespace-selector",
+            r#"{"matchLabels":{"team":"shop"},"matchExpressions":[{"key":"tier","operator":"NotIn","values":["batch"]}]}"#,
+        ]);
+        a.validate().unwrap();
+        let s = a.namespace_selector().unwrap().unwrap();
+        let labels = |v: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+            v.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(s.matches(&labels(&[("team", "shop")])));
+        assert!(!s.matches(&labels(&[("team", "shop"), ("tier", "batch")])));
+        assert!(!s.matches(&labels(&[])));
+        assert!(
+            args(&["--namespace-selector", r#"{"matchLabels":{}}"#])
+                .namespace_selector()
+                .unwrap()
+                .is_none()
+        );
+        assert!(matches!(
+            args(&["--namespace-selector", "{not json"]).validate(),
+            Err(ConfigError::NamespaceSelector(_))
+        ));
     }
 
     #[test]

@@ -47,7 +47,13 @@ pub struct Election {
 impl Election {
     /// Runs the election until `shutdown` turns true, then gives the Lease up (so the next leader
     /// starts at once instead of waiting for it to expire).
-    pub fn start(self, client: Client, mut shutdown: watch::Receiver<bool>) -> Leadership {
+    /// Starts the election; the task ends (releasing the Lease if it led) once `shutdown` changes,
+    /// so the caller awaits its handle before exiting.
+    pub fn start(
+        self,
+        client: Client,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> (Leadership, tokio::task::JoinHandle<()>) {
         let (tx, rx) = watch::channel(None);
         let lock = LeaseLock::new(
             client,
@@ -61,7 +67,7 @@ impl Election {
         let period = self.ttl / 3;
         // Stop counting on the Lease a little before it expires for everyone else.
         let margin = self.ttl / 5;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut was_leading = false;
             loop {
                 let sent = Instant::now();
@@ -98,6 +104,6 @@ impl Election {
                 }
             }
         });
-        Leadership { until: rx }
+        (Leadership { until: rx }, task)
     }
 }

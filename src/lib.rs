@@ -10,6 +10,7 @@ pub mod admission;
 pub mod budget_writes;
 pub mod cert_secret;
 pub mod certs;
+pub mod client_auth;
 pub mod cluster_view;
 pub mod config;
 pub mod decision;

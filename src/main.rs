@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum_server::tls_rustls::RustlsConfig;
 use clap::Parser;
-use pod_graceful_drain::admission::Admission;
+use pod_graceful_drain::admission::{self, Admission};
 use pod_graceful_drain::cert_secret::{self, CertSecret, Manage};
 use pod_graceful_drain::certs::Want;
 use pod_graceful_drain::cluster_view::ClusterView;
@@ -18,9 +17,12 @@ use pod_graceful_drain::events::Events;
 use pod_graceful_drain::leader::Election;
 use pod_graceful_drain::server::{self, Readiness};
 use pod_graceful_drain::telemetry;
-use pod_graceful_drain::tls::ReloadingCert;
+use pod_graceful_drain::tls::{ClientAuthConfig, ReloadingCert, ServerTls};
 use pod_graceful_drain::uninstall::Uninstall;
 use tokio::sync::watch;
+
+/// The field manager of every write of ours.
+const FIELD_MANAGER: &str = "pod-graceful-drain";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -80,7 +82,7 @@ async fn serving_cert(args: &Args, client: &kube::Client) -> anyhow::Result<Arc<
             webhook_configuration: args.webhook_configuration.clone(),
         }),
         cert: cert.clone(),
-        field_manager: "pod-graceful-drain".into(),
+        field_manager: FIELD_MANAGER.into(),
     };
     // Not ready without a certificate: keep trying until the first one is served.
     let mut delay = Duration::from_millis(200);
@@ -99,13 +101,29 @@ async fn serving_cert(args: &Args, client: &kube::Client) -> anyhow::Result<Arc<
 async fn run(args: Args) -> anyhow::Result<()> {
     let ready = Readiness::default();
     let (shutdown_tx, shutdown) = watch::channel(false);
-    tokio::spawn(server::serve_health(args.health_addr, ready.clone()));
+    let health = tokio::net::TcpListener::bind(args.health_addr)
+        .await
+        .with_context(|| format!("binding the health port {}", args.health_addr))?;
+    let health = tokio::spawn(server::serve_health(
+        health,
+        ready.clone(),
+        shutdown.clone(),
+    ));
 
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
     let cert = serving_cert(&args, &client).await?;
-    let tls = RustlsConfig::from_config(Arc::new(cert.server_config()?));
+    let tls = ServerTls::new(
+        cert,
+        ClientAuthConfig {
+            mode: args.client_auth,
+            ca_file: args.client_ca_file.clone(),
+            allowed: args.allowed_clients(),
+        },
+    )
+    .context("setting up TLS for the webhook port")?;
+    tls.clone().watch(Duration::from_secs(5));
 
     let view = ClusterView::start(client.clone());
     let events = Events::new(client.clone(), &args.identity);
@@ -113,12 +131,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let bounds = policy.bounds;
     let admission = Arc::new(Admission {
         policy,
+        held: Arc::new(tokio::sync::Semaphore::new(admission::MAX_HELD)),
+        held_over_cap: Default::default(),
         view: view.clone(),
         events: events.clone(),
-        field_manager: "pod-graceful-drain".into(),
+        field_manager: FIELD_MANAGER.into(),
         instance: args.instance.clone(),
     });
-    let leadership = Election {
+    let (leadership, election) = Election {
         namespace: args.namespace.clone(),
         lease_name: args.lease_name.clone(),
         identity: args.identity.clone(),
@@ -131,19 +151,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         events,
         bounds,
         endpoint_wait_max: Duration::from_secs(args.endpoint_wait_max_seconds),
-        field_manager: "pod-graceful-drain".into(),
+        field_manager: FIELD_MANAGER.into(),
         instance: args.instance.clone(),
     };
     let deleter = tokio::spawn(deleter.run(shutdown.clone()));
 
-    let handle = axum_server::Handle::new();
-    let server = axum_server::bind_rustls(args.webhook_addr, tls)
-        .handle(handle.clone())
-        .serve(server::webhook_router(admission).into_make_service());
-    let server = tokio::spawn(server);
+    let listener = tokio::net::TcpListener::bind(args.webhook_addr)
+        .await
+        .with_context(|| format!("binding the webhook port {}", args.webhook_addr))?;
+    // Stops accepting when `stop_serving` turns true, then lets held requests finish.
+    let (stop_serving_tx, stop_serving) = watch::channel(false);
+    let server = tokio::spawn(server::serve_webhook(
+        listener,
+        tls,
+        server::webhook_router(admission),
+        Arc::new(server::Refusals::default()),
+        stop_serving,
+        Duration::from_secs(args.hold_seconds + 5),
+    ));
     view.ready().await;
     ready.set(true);
-    tracing::info!(addr = %args.webhook_addr, identity = %args.identity, "serving admission reviews");
+    tracing::info!(addr = %args.webhook_addr, identity = %args.identity, client_auth = ?args.client_auth, "serving admission reviews");
 
     shutdown_signal().await;
     // Stop being ready at once, keep answering while our own endpoints drain, then stop accepting
@@ -154,12 +182,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "SIGTERM: draining our own endpoints"
     );
     tokio::time::sleep(Duration::from_secs(args.shutdown_grace_seconds)).await;
-    handle.graceful_shutdown(Some(Duration::from_secs(args.hold_seconds + 5)));
-    let _ = shutdown_tx.send(true);
+    let _ = stop_serving_tx.send(true);
     let _ = server.await;
+    let _ = shutdown_tx.send(true);
     let _ = deleter.await;
-    // Give the election task a moment to release the Lease.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The election task releases the Lease on its way out.
+    let _ = election.await;
+    let _ = health.await;
     tracing::info!("stopped");
     Ok(())
 }

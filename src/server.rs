@@ -1,20 +1,39 @@
 //! The two listeners: HTTPS (rustls, HTTP/1.1) for admission reviews, plain HTTP for health.
 //! Readiness is true only once the caches are synced and a certificate is loaded, and turns false
 //! as soon as shutdown begins, so the webhook's own endpoints drain before it stops answering.
+//!
+//! Both accept loops are our own (hyper's HTTP/1.1 connection under a watchdog) so that nothing a
+//! client does can hold resources without bound: a cap on open connections (past it a new one is
+//! closed at once), on concurrent requests (past it: 503, which the API server treats by the
+//! webhook's failurePolicy), a TLS handshake timeout, a header-read timeout (slow-loris), a
+//! body-read timeout, and an idle timeout longer than the API server's own idle-connection
+//! timeout (90 s), so that it is the client, never us, that closes a pooled connection and no
+//! request is lost in that race.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::Body;
+use axum::extract::{Extension, Request, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tower::ServiceExt as _;
 
 use crate::admission::Admission;
+use crate::client_auth::{self, Caller};
 use crate::review::MAX_REVIEW_BYTES;
+use crate::tls::ServerTls;
 
 /// Readiness, shared between the health server and whoever knows.
 #[derive(Clone, Default)]
@@ -29,11 +48,293 @@ impl Readiness {
     }
 }
 
+/// What one listener allows a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections; past it, a new connection is closed at once.
+    pub max_connections: usize,
+    /// Requests being answered at once; past it, 503 at once.
+    pub max_requests: usize,
+    /// From accept to the end of the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// From the first byte of a request to its last header byte.
+    pub header_timeout: Duration,
+    /// From the end of the headers to the last byte of the body.
+    pub body_timeout: Duration,
+    /// A connection with no request in flight is closed after this long.
+    pub idle_timeout: Duration,
+}
+
+impl Limits {
+    /// The admission listener: the API server opens a connection per concurrent request (HTTP/1.1)
+    /// and holds DELETEs up to the hold budget, so connections are many and long.
+    pub const WEBHOOK: Limits = Limits {
+        max_connections: 1024,
+        max_requests: 512,
+        handshake_timeout: Duration::from_secs(5),
+        header_timeout: Duration::from_secs(5),
+        body_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(120),
+    };
+    /// The health listener: the kubelet's probes, one at a time.
+    pub const HEALTH: Limits = Limits {
+        max_connections: 32,
+        max_requests: 16,
+        handshake_timeout: Duration::from_secs(5),
+        header_timeout: Duration::from_secs(5),
+        body_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(30),
+    };
+}
+
+/// Counts of what the listeners refused or cut short, for logs (and the metrics to come).
+#[derive(Debug, Default)]
+pub struct Refusals {
+    pub connections_over_cap: AtomicU64,
+    pub requests_over_cap: AtomicU64,
+    pub handshakes_failed: AtomicU64,
+    pub header_timeouts: AtomicU64,
+    pub idle_closed: AtomicU64,
+    /// Connections served in mode `optional` without an allowed client certificate.
+    pub unverified_callers: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) -> u64 {
+    counter.fetch_add(1, Ordering::Relaxed) + 1
+}
+
+/// Where a connection is, for its watchdog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// No request in flight and no byte of a new one, since then.
+    Idle { since: Instant },
+    /// Bytes of a request head arrived since then; the request has not been dispatched.
+    Head { since: Instant },
+    /// This many requests are being answered.
+    Busy { in_flight: usize },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    HeaderTimeout,
+    Idle,
+}
+
+/// The watchdog's rule: a head that takes too long, or a connection idle too long, is cut.
+pub fn verdict(phase: Phase, now: Instant, limits: &Limits) -> Option<Cut> {
+    match phase {
+        Phase::Head { since } if now.duration_since(since) > limits.header_timeout => {
+            Some(Cut::HeaderTimeout)
+        }
+        Phase::Idle { since } if now.duration_since(since) > limits.idle_timeout => Some(Cut::Idle),
+        _ => None,
+    }
+}
+
+/// A connection's phase, moved by its reads (bytes arrive) and its service (a request starts and
+/// ends).
+#[derive(Debug)]
+struct Activity(Mutex<Phase>);
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity(Mutex::new(Phase::Idle {
+            since: Instant::now(),
+        })))
+    }
+    fn with<R>(&self, f: impl FnOnce(&mut Phase) -> R) -> R {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+    fn bytes_read(&self) {
+        self.with(|p| {
+            if let Phase::Idle { .. } = p {
+                *p = Phase::Head {
+                    since: Instant::now(),
+                }
+            }
+        })
+    }
+    fn begin(&self) {
+        self.with(|p| {
+            *p = match *p {
+                Phase::Busy { in_flight } => Phase::Busy {
+                    in_flight: in_flight + 1,
+                },
+                _ => Phase::Busy { in_flight: 1 },
+            }
+        })
+    }
+    fn end(&self) {
+        self.with(|p| {
+            *p = match *p {
+                Phase::Busy { in_flight } if in_flight > 1 => Phase::Busy {
+                    in_flight: in_flight - 1,
+                },
+                _ => Phase::Idle {
+                    since: Instant::now(),
+                },
+            }
+        })
+    }
+    fn phase(&self) -> Phase {
+        self.with(|p| *p)
+    }
+}
+
+/// The connection's stream, telling its [`Activity`] when bytes arrive.
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.bytes_read();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// What every connection of one listener shares.
+#[derive(Clone)]
+struct Shared {
+    limits: Limits,
+    requests: Arc<Semaphore>,
+    refusals: Arc<Refusals>,
+}
+
+/// Serves HTTP/1.1 on one connection until it ends, the listener shuts down gracefully, or the
+/// watchdog cuts it.
+async fn serve_connection<S>(
+    shared: Shared,
+    watcher: Watcher,
+    stream: S,
+    router: Router,
+    caller: Option<Caller>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Shared {
+        limits,
+        requests,
+        refusals,
+    } = shared;
+    let activity = Activity::new();
+    let io = TokioIo::new(Tracked {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let (service_activity, service_refusals) = (activity.clone(), refusals.clone());
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            let (router, activity, requests, refusals) = (
+                router.clone(),
+                service_activity.clone(),
+                requests.clone(),
+                service_refusals.clone(),
+            );
+            if let Some(c) = &caller {
+                req.extensions_mut().insert(c.clone());
+            }
+            req.extensions_mut()
+                .insert(BodyTimeout(limits.body_timeout));
+            async move {
+                activity.begin();
+                let response = match requests.try_acquire() {
+                    Ok(_permit) => router.oneshot(req.map(Body::new)).await,
+                    Err(_) => {
+                        let n = bump(&refusals.requests_over_cap);
+                        tracing::warn!(total = n, "too many requests at once; answering 503");
+                        Ok((StatusCode::SERVICE_UNAVAILABLE, "too many requests").into_response())
+                    }
+                };
+                activity.end();
+                response
+            }
+        });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .max_buf_size(64 * 1024)
+        .serve_connection(io, service);
+    let connection = watcher.watch(connection);
+    tokio::pin!(connection);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = &mut connection => return,
+            _ = tick.tick() => match verdict(activity.phase(), Instant::now(), &limits) {
+                None => {}
+                Some(Cut::HeaderTimeout) => {
+                    let n = bump(&refusals.header_timeouts);
+                    tracing::debug!(total = n, "request head too slow; connection closed");
+                    return;
+                }
+                Some(Cut::Idle) => {
+                    bump(&refusals.idle_closed);
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// The body-read deadline, passed to the handler with the request.
+#[derive(Debug, Clone, Copy)]
+struct BodyTimeout(Duration);
+
 /// Answers one AdmissionReview. `Server-Timing` carries how long the answer took here (parse,
 /// decide, act), so benchmarks can tell the server's share from the network's.
-async fn review(State(admission): State<Arc<Admission>>, body: Bytes) -> impl IntoResponse {
-    let started = std::time::Instant::now();
-    let answer = admission.serve(&body).await;
+async fn review(
+    State(admission): State<Arc<Admission>>,
+    caller: Option<Extension<Caller>>,
+    Extension(BodyTimeout(body_timeout)): Extension<BodyTimeout>,
+    request: Request,
+) -> Response {
+    let caller = caller
+        .map(|Extension(c)| c)
+        .unwrap_or(Caller::Unverified(client_auth::Unverified::NotAsked));
+    let body = request.into_body();
+    let body = match tokio::time::timeout(
+        body_timeout,
+        axum::body::to_bytes(body, MAX_REVIEW_BYTES + 1),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("AdmissionReview larger than the {MAX_REVIEW_BYTES} bytes accepted"),
+            )
+                .into_response();
+        }
+        Err(_) => return (StatusCode::REQUEST_TIMEOUT, "body too slow").into_response(),
+    };
+    let started = Instant::now();
+    let answer = admission.serve(&body, &caller).await;
     let timing = format!("review;dur={:.3}", started.elapsed().as_secs_f64() * 1000.0);
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_REQUEST);
     let content_type = if status.is_success() {
@@ -49,6 +350,7 @@ async fn review(State(admission): State<Arc<Admission>>, body: Bytes) -> impl In
         ],
         answer.body,
     )
+        .into_response()
 }
 
 /// Routes for the admission server: the same handler on every path the configurations use.
@@ -57,8 +359,6 @@ pub fn webhook_router(admission: Arc<Admission>) -> Router {
         .route("/", post(review))
         .route("/pods/delete", post(review))
         .route("/pods/eviction", post(review))
-        // One byte over the limit lets the parser report the size itself.
-        .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES + 1))
         .with_state(admission)
 }
 
@@ -78,7 +378,180 @@ pub fn health_router(ready: Readiness) -> Router {
         .with_state(ready)
 }
 
-pub async fn serve_health(addr: SocketAddr, ready: Readiness) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, health_router(ready)).await
+/// Accepts until `stop` turns true, then lets the open connections finish for up to `drain`.
+/// `handle` turns an accepted stream into the task that serves it.
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    limits: Limits,
+    refusals: Arc<Refusals>,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+    handle: F,
+) where
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr, Shared, Watcher) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let shared = Shared {
+        limits,
+        requests: Arc::new(Semaphore::new(limits.max_requests)),
+        refusals: refusals.clone(),
+    };
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: pause instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            let n = bump(&refusals.connections_over_cap);
+            tracing::warn!(total = n, "too many open connections; closing a new one");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let task = handle(stream, peer, shared.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            task.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(drain, graceful.shutdown()).await;
+}
+
+/// Serves admission reviews over TLS on `listener` until `stop`, then gives held requests up to
+/// `drain` to be answered.
+pub async fn serve_webhook(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    router: Router,
+    refusals: Arc<Refusals>,
+    stop: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let limits = Limits::WEBHOOK;
+    accept_loop(
+        listener,
+        limits,
+        refusals.clone(),
+        stop,
+        drain,
+        move |stream, peer, shared, watcher| {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+            let (tls, router, refusals) = (tls.clone(), router.clone(), refusals.clone());
+            async move {
+                let stream =
+                    match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            let n = bump(&refusals.handshakes_failed);
+                            tracing::debug!(error = %e, total = n, "TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            bump(&refusals.handshakes_failed);
+                            return;
+                        }
+                    };
+                let caller = client_auth::classify(
+                    tls.mode(),
+                    stream.get_ref().1.peer_certificates(),
+                    tls.allowed(),
+                );
+                if let Caller::Unverified(why) = &caller
+                    && *why != client_auth::Unverified::NotAsked
+                {
+                    let n = bump(&refusals.unverified_callers);
+                    tracing::warn!(%peer, %caller, total = n, "unverified caller: served, but nothing in its requests is trusted");
+                }
+                serve_connection(shared, watcher, stream, router, Some(caller)).await;
+            }
+        },
+    )
+    .await
+}
+
+/// Serves /healthz and /readyz on plain HTTP until `stop`.
+pub async fn serve_health(listener: TcpListener, ready: Readiness, stop: watch::Receiver<bool>) {
+    let router = health_router(ready);
+    accept_loop(
+        listener,
+        Limits::HEALTH,
+        Arc::new(Refusals::default()),
+        stop,
+        Duration::from_secs(1),
+        move |stream, _peer, shared, watcher| {
+            serve_connection(shared, watcher, stream, router.clone(), None)
+        },
+    )
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_cuts_slow_heads_and_idle_connections_only() {
+        let l = Limits::WEBHOOK;
+        let t0 = Instant::now();
+        let later = |d: Duration| t0 + d;
+        let head = Phase::Head { since: t0 };
+        let idle = Phase::Idle { since: t0 };
+        assert_eq!(verdict(head, later(l.header_timeout), &l), None);
+        assert_eq!(
+            verdict(head, later(l.header_timeout + Duration::from_millis(1)), &l),
+            Some(Cut::HeaderTimeout)
+        );
+        assert_eq!(
+            verdict(idle, later(l.header_timeout * 2), &l),
+            None,
+            "idle is not slow"
+        );
+        assert_eq!(
+            verdict(idle, later(l.idle_timeout + Duration::from_millis(1)), &l),
+            Some(Cut::Idle)
+        );
+        assert_eq!(
+            verdict(
+                Phase::Busy { in_flight: 1 },
+                later(Duration::from_secs(3600)),
+                &l
+            ),
+            None,
+            "a held request is never cut by the watchdog"
+        );
+        assert!(
+            l.idle_timeout > Duration::from_secs(90),
+            "the API server's pool (90 s idle) must close first"
+        );
+    }
+
+    #[test]
+    fn a_connection_moves_idle_head_busy_idle() {
+        let a = Activity::new();
+        assert!(matches!(a.phase(), Phase::Idle { .. }));
+        a.bytes_read();
+        assert!(matches!(a.phase(), Phase::Head { .. }));
+        a.begin();
+        a.bytes_read();
+        a.begin();
+        assert_eq!(a.phase(), Phase::Busy { in_flight: 2 });
+        a.end();
+        assert_eq!(a.phase(), Phase::Busy { in_flight: 1 });
+        a.end();
+        assert!(matches!(a.phase(), Phase::Idle { .. }));
+    }
 }

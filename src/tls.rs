@@ -13,6 +13,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, version};
 
+use crate::client_auth::{self, Allowed, Mode};
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("reading {path}: {source}")]
@@ -25,6 +27,8 @@ pub enum TlsError {
     NoCertificate { origin: String },
     #[error("{origin} holds no usable PEM private key: {reason}")]
     BadKey { origin: String, reason: String },
+    #[error("client CA {path}: {reason}")]
+    ClientCa { path: PathBuf, reason: String },
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
 }
@@ -140,15 +144,137 @@ impl ReloadingCert {
         });
     }
 
-    /// A rustls server configuration (TLS 1.2 and 1.3, HTTP/1.1) serving this certificate.
+    /// A rustls server configuration (TLS 1.2 and 1.3, HTTP/1.1) serving this certificate, with
+    /// no client authentication.
     pub fn server_config(self: &Arc<Self>) -> Result<ServerConfig, TlsError> {
-        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
-            .with_protocol_versions(&[&version::TLS13, &version::TLS12])?
-            .with_no_client_auth()
-            .with_cert_resolver(self.clone());
+        self.server_config_with(None)
+    }
+
+    /// The same, verifying client certificates with `verifier` when one is given.
+    pub fn server_config_with(
+        self: &Arc<Self>,
+        verifier: Option<Arc<client_auth::Verifier>>,
+    ) -> Result<ServerConfig, TlsError> {
+        let builder = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&version::TLS13, &version::TLS12])?;
+        let builder = match verifier {
+            Some(v) => builder.with_client_cert_verifier(v),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(config)
     }
+
+    pub fn provider(&self) -> Arc<CryptoProvider> {
+        self.provider.clone()
+    }
+}
+
+/// How the webhook listener authenticates its callers.
+#[derive(Debug, Clone)]
+pub struct ClientAuthConfig {
+    pub mode: Mode,
+    /// PEM bundle of the CA(s) that sign the API server's client certificate (not read in mode
+    /// `none`); re-read every few seconds, so a rotated CA is picked up without a restart.
+    pub ca_file: PathBuf,
+    pub allowed: Allowed,
+}
+
+/// The server configuration every new connection is handshaken with: the reloading serving
+/// certificate, and the client verifier built from the client CA file as last read.
+pub struct ServerTls {
+    cert: Arc<ReloadingCert>,
+    auth: ClientAuthConfig,
+    current: RwLock<Arc<ServerConfig>>,
+    ca_loaded: RwLock<Vec<u8>>,
+}
+
+impl ServerTls {
+    /// Fails when client authentication is on and the client CA cannot be read or holds no CA.
+    pub fn new(
+        cert: Arc<ReloadingCert>,
+        auth: ClientAuthConfig,
+    ) -> Result<Arc<ServerTls>, TlsError> {
+        let (config, ca) = build(&cert, &auth)?;
+        Ok(Arc::new(ServerTls {
+            cert,
+            auth,
+            current: RwLock::new(Arc::new(config)),
+            ca_loaded: RwLock::new(ca),
+        }))
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.auth.mode
+    }
+
+    pub fn allowed(&self) -> &Allowed {
+        &self.auth.allowed
+    }
+
+    /// The configuration for the next handshake.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Re-reads the client CA; returns whether the configuration changed. A file that cannot be
+    /// read or holds no CA leaves the previous configuration in place.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        if self.auth.mode == Mode::None {
+            return Ok(false);
+        }
+        let pem = read(&self.auth.ca_file)?;
+        if *self.ca_loaded.read().unwrap_or_else(|e| e.into_inner()) == pem {
+            return Ok(false);
+        }
+        let (config, ca) = build(&self.cert, &self.auth)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+        *self.ca_loaded.write().unwrap_or_else(|e| e.into_inner()) = ca;
+        Ok(true)
+    }
+
+    /// Polls the client CA file every `period` until the process ends.
+    pub fn watch(self: Arc<Self>, period: Duration) {
+        if self.auth.mode == Mode::None {
+            return;
+        }
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                match self.reload() {
+                    Ok(true) => {
+                        tracing::info!(ca = %self.auth.ca_file.display(), "client CA reloaded")
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "client CA not reloaded; keeping the previous one")
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn build(
+    cert: &Arc<ReloadingCert>,
+    auth: &ClientAuthConfig,
+) -> Result<(ServerConfig, Vec<u8>), TlsError> {
+    if auth.mode == Mode::None {
+        return Ok((cert.server_config_with(None)?, Vec::new()));
+    }
+    let pem = read(&auth.ca_file)?;
+    let verifier =
+        client_auth::Verifier::new(auth.mode, &pem, auth.allowed.clone(), cert.provider())
+            .map_err(|e| TlsError::ClientCa {
+                path: auth.ca_file.clone(),
+                reason: e.to_string(),
+            })?;
+    Ok((cert.server_config_with(Some(verifier))?, pem))
 }
 
 impl ResolvesServerCert for ReloadingCert {

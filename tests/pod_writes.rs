@@ -16,7 +16,7 @@ use pgd_testbed::fetch::{self, Traffic};
 use pgd_testbed::wait::{self, conditions};
 use pgd_testbed::{TestEnv, objects};
 use pod_graceful_drain::decision::{
-    self, Answer, Decision, Facts, LongDrain, Operation, PodView, Policy, Request,
+    self, Answer, Decision, Facts, LongDrain, Operation, Origin, PodView, Policy, Request,
 };
 use pod_graceful_drain::facts;
 use pod_graceful_drain::isolation::Selecting;
@@ -30,6 +30,7 @@ const MANAGER: &str = "pod-graceful-drain";
 fn policy() -> Policy {
     Policy {
         excluded_namespaces: Default::default(),
+        namespace_selector: None,
         own_user: "system:serviceaccount:pgd:pod-graceful-drain".into(),
         controller_users: [RS_USER.to_string()].into(),
         bounds: DrainBounds {
@@ -92,6 +93,7 @@ async fn isolating_patch_takes_a_serving_pod_out_of_service_and_controller() -> 
         annotations: &annotations,
         own: false,
         namespace_terminating: false,
+        namespace_selected: true,
     };
     let found = Facts {
         services: vec![Selecting {
@@ -108,6 +110,7 @@ async fn isolating_patch_takes_a_serving_pod_out_of_service_and_controller() -> 
         operation: Operation::Delete(SavedDeleteOptions::default()),
         dry_run: false,
         user: RS_USER,
+        origin: Origin::ApiServer,
         traceparent: None,
     };
     let Decision::Drain {

@@ -54,6 +54,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if gt (int .Values.tls.certSeconds) (int .Values.tls.caSeconds) -}}
 {{- fail (printf "tls.certSeconds (%v) must not exceed tls.caSeconds (%v)" .Values.tls.certSeconds .Values.tls.caSeconds) -}}
 {{- end -}}
+{{- $ca := .Values.clientAuth -}}
+{{- if ne $ca.mode "none" -}}
+{{- if not $ca.allowedNames -}}
+{{- fail (printf "clientAuth.allowedNames must name the API server's client identity when clientAuth.mode is %s (a cluster CA signs many clients)" $ca.mode) -}}
+{{- end -}}
+{{- if and (not $ca.caSecret.name) (not $ca.caConfigMap.name) -}}
+{{- fail "clientAuth.caConfigMap.name or clientAuth.caSecret.name must name the client CA" -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Environment shared by the replicas and the uninstall hook. */}}

@@ -267,6 +267,13 @@ pub async fn run(
         .unwrap_or_default();
     let mut roots = rustls::RootCertStore::empty();
     use rustls::pki_types::pem::PemObject as _;
+    // The benchmark stands in for the API server: it presents the API server's webhook client
+    // certificate, so the measured cost includes client authentication (the installation runs
+    // with clientAuth=required, as the tests do).
+    let (crt, key) = pgd_testbed::testbed_client_cert(env.target, "apiserver-webhook-client")?;
+    let client_certs = rustls::pki_types::CertificateDer::pem_file_iter(&crt)?
+        .collect::<Result<Vec<_>, _>>()?;
+    let client_key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key)?;
     for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&bundle) {
         roots.add(cert?)?;
     }
@@ -275,7 +282,7 @@ pub async fn run(
     ))
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_client_auth_cert(client_certs, client_key)?;
     let connector = TlsConnector::from(Arc::new(config));
     let host = format!("{}.{}.svc", install.name, install.namespace);
     let addr = format!("{ip}:9443");

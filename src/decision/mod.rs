@@ -2,8 +2,8 @@
 //! client, no clock (the caller passes `now`), no I/O; the admission server gathers the facts and
 //! carries the decision out. Reads top to bottom as the state machine:
 //!
-//! 1. pass through, untouched: dry-run requests, excluded namespaces, terminating namespaces, the
-//!    product's own pods and requests, opted-out pods;
+//! 1. pass through, untouched: dry-run requests, excluded or unselected namespaces, terminating
+//!    namespaces, the product's own pods and requests, opted-out pods;
 //! 2. a pod already draining gets the same answer again, and delete-at never moves;
 //! 3. pass through pods that are not exposed (not Running and Ready, terminating, or selected by
 //!    no Service);
@@ -35,6 +35,8 @@ pub enum LongDrain {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub excluded_namespaces: BTreeSet<String>,
+    /// The namespaces this installation serves, by their labels (`None`: every namespace).
+    pub namespace_selector: Option<crate::selector::Selector>,
     /// The product's own ServiceAccount user name: its requests (the leader's deletes) pass.
     pub own_user: String,
     /// Users whose DELETEs are a controller's: answered at once.
@@ -51,12 +53,33 @@ pub enum Operation {
     Evict,
 }
 
+/// Whether the API server vouches for the request (it presented its client certificate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The API server: `user` and the delete options are as it authenticated them.
+    ApiServer,
+    /// Anybody who can reach the port: the user name is a claim, the delete options are not
+    /// kept (the deferred delete uses the pod's own grace period).
+    Unverified,
+}
+
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
     pub operation: Operation,
     pub dry_run: bool,
     pub user: &'a str,
+    pub origin: Origin,
     pub traceparent: Option<String>,
+}
+
+impl Request<'_> {
+    /// Who the schedule and the events name as having asked.
+    pub fn requested_by(&self) -> String {
+        match self.origin {
+            Origin::ApiServer => self.user.to_string(),
+            Origin::Unverified => format!("{} (unverified)", self.user),
+        }
+    }
 }
 
 /// The pod as the decision sees it.
@@ -72,6 +95,9 @@ pub struct PodView<'a> {
     /// One of the product's own pods.
     pub own: bool,
     pub namespace_terminating: bool,
+    /// The pod's namespace matches the installation's namespace selector (the API server applies
+    /// it too, but a request that did not come through the API server must not escape it).
+    pub namespace_selected: bool,
 }
 
 /// What selects the pod, as gathered from the caches.
@@ -155,7 +181,7 @@ pub fn decide(
     if request.dry_run {
         return pass(PassReason::DryRun);
     }
-    if policy.excluded_namespaces.contains(pod.namespace) {
+    if policy.excluded_namespaces.contains(pod.namespace) || !pod.namespace_selected {
         return pass(PassReason::ExcludedNamespace);
     }
     if pod.namespace_terminating {
@@ -241,14 +267,17 @@ pub fn decide(
     let delete_at = now
         .checked_add(SignedDuration::try_from(length).unwrap_or(SignedDuration::MAX))
         .unwrap_or(Timestamp::MAX);
-    let (reason, delete_options) = match &request.operation {
-        Operation::Delete(options) => (Reason::Delete, options.clone()),
-        Operation::Evict => (Reason::Eviction, SavedDeleteOptions::default()),
+    let (reason, delete_options) = match (&request.operation, request.origin) {
+        (Operation::Delete(options), Origin::ApiServer) => (Reason::Delete, options.clone()),
+        (Operation::Delete(_), Origin::Unverified) => {
+            (Reason::Delete, SavedDeleteOptions::default())
+        }
+        (Operation::Evict, _) => (Reason::Eviction, SavedDeleteOptions::default()),
     };
     let schedule = Schedule {
         started_at: now,
         delete_at,
-        requested_by: request.user.to_string(),
+        requested_by: request.requested_by(),
         reason,
         delete_options,
         traceparent: request.traceparent.clone(),

@@ -24,6 +24,7 @@ fn at(secs: i64) -> Timestamp {
 fn policy() -> Policy {
     Policy {
         excluded_namespaces: ["kube-system".to_string()].into(),
+        namespace_selector: None,
         own_user: OWN.into(),
         controller_users: [RS.to_string()].into(),
         bounds: DrainBounds {
@@ -69,6 +70,7 @@ impl World {
             annotations: &self.annotations,
             own: false,
             namespace_terminating: false,
+            namespace_selected: true,
         }
     }
 
@@ -111,6 +113,7 @@ fn delete(user: &str) -> Request<'_> {
         operation: Operation::Delete(SavedDeleteOptions::default()),
         dry_run: false,
         user,
+        origin: Origin::ApiServer,
         traceparent: None,
     }
 }
@@ -518,4 +521,47 @@ fn a_retried_invocation_keeps_the_first_deadline() {
     assert!(
         matches!(near, Decision::Drain { answer: Answer::HoldThenAllow { until }, .. } if until == at(120))
     );
+}
+
+#[test]
+fn a_namespace_outside_the_selection_passes() {
+    let w = World::new();
+    let pod = PodView {
+        namespace_selected: false,
+        ..w.pod()
+    };
+    let d = decide(&policy(), &delete(PERSON), &pod, &w.facts(None), now());
+    assert_eq!(passes(&d), Some(PassReason::ExcludedNamespace));
+}
+
+#[test]
+fn an_unverified_delete_keeps_no_options_and_says_who_claimed_it() {
+    let w = World::new();
+    let forged = SavedDeleteOptions {
+        grace_period_seconds: Some(0),
+        propagation_policy: Some("Orphan".into()),
+    };
+    for (origin, kept, by) in [
+        (Origin::ApiServer, forged.clone(), PERSON.to_string()),
+        (
+            Origin::Unverified,
+            SavedDeleteOptions::default(),
+            format!("{PERSON} (unverified)"),
+        ),
+    ] {
+        let r = Request {
+            operation: Operation::Delete(forged.clone()),
+            origin,
+            ..delete(PERSON)
+        };
+        let Decision::Drain {
+            isolate: Some(plan),
+            ..
+        } = decide(&policy(), &r, &w.pod(), &w.facts(None), now())
+        else {
+            panic!("expected a drain")
+        };
+        assert_eq!(plan.schedule.delete_options, kept, "{origin:?}");
+        assert_eq!(plan.schedule.requested_by, by);
+    }
 }

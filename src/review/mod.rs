@@ -1,14 +1,16 @@
 //! The AdmissionReview boundary: bytes from the API server in, a typed request out; an answer in,
 //! bytes out. Everything a caller could send wrong (too large, not JSON, another API version,
-//! another resource, a missing object) becomes a [`BadReview`] with a clear message and a 4xx
-//! status, never a panic and never a write.
+//! another resource, a missing object, a name Kubernetes would not accept) becomes a [`BadReview`]
+//! with a clear message and a 4xx status, never a panic and never a write. The body is parsed
+//! once, into typed fields; the objects are kept as slices of it until the request is known to be
+//! one we serve, so no allocation proportional to the body happens before that.
 
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions;
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionReview, Operation};
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
 
 use crate::schedule::SavedDeleteOptions;
 
@@ -28,6 +30,8 @@ pub enum BadReview {
     NoRequest,
     #[error("this webhook serves DELETE pods and CREATE pods/eviction, not {0}")]
     Unexpected(String),
+    #[error("namespace {0:?} or name {1:?} is not a valid Kubernetes name")]
+    BadName(String, String),
     #[error("the request for {0} carries no usable {1}")]
     MissingObject(String, &'static str),
 }
@@ -64,8 +68,9 @@ pub enum Incoming {
         /// (the pod's labels change when it is isolated); kept for the record.
         had_preconditions: bool,
     },
-    /// CREATE pods/NAME/eviction: the Eviction object; the pod is read from the cache.
-    Evict { caller: Caller, eviction: Value },
+    /// CREATE pods/NAME/eviction; the pod is read from the API. `has_options`: the Eviction
+    /// carries deleteOptions (decides the dry-run patch's path).
+    Evict { caller: Caller, has_options: bool },
 }
 
 impl Incoming {
@@ -76,54 +81,146 @@ impl Incoming {
     }
 }
 
+/// Longest uid, user name, or resource name accepted from a review (Kubernetes' own limits are
+/// far below; a longer one is not a request of the API server's).
+const MAX_FIELD: usize = 512;
+
+/// The AdmissionReview as sent, typed. The objects stay unparsed slices of the body (no copy)
+/// until the request is known to be one we serve.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireReview<'a> {
+    #[serde(default)]
+    api_version: String,
+    #[serde(borrow, default)]
+    request: Option<WireRequest<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireRequest<'a> {
+    uid: String,
+    #[serde(default)]
+    resource: WireResource,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    operation: String,
+    #[serde(default)]
+    user_info: WireUser,
+    #[serde(default)]
+    dry_run: Option<bool>,
+    #[serde(borrow, default)]
+    options: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    old_object: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+struct WireResource {
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    resource: String,
+}
+
+#[derive(Deserialize, Default)]
+struct WireUser {
+    #[serde(default)]
+    username: Option<String>,
+}
+
+/// Of an Eviction, only whether it carries deleteOptions (where the dry-run patch goes).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireEviction<'a> {
+    #[serde(borrow, default)]
+    delete_options: Option<&'a RawValue>,
+}
+
+/// A JSON `null` and an absent field are the same to us.
+fn present(raw: Option<&RawValue>) -> Option<&RawValue> {
+    raw.filter(|r| r.get().trim() != "null")
+}
+
 /// Parses a request body.
 pub fn parse(body: &[u8]) -> Result<Incoming, BadReview> {
     if body.len() > MAX_REVIEW_BYTES {
         return Err(BadReview::TooLarge(body.len()));
     }
-    let raw: Value =
+    let review: WireReview<'_> =
         serde_json::from_slice(body).map_err(|e| BadReview::Malformed(e.to_string()))?;
-    let version = raw.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-    if version != "admission.k8s.io/v1" {
-        return Err(BadReview::WrongVersion(version.to_string()));
+    if review.api_version != "admission.k8s.io/v1" {
+        return Err(BadReview::WrongVersion(review.api_version));
     }
-    let review: AdmissionReview<DynamicObject> =
-        serde_json::from_value(raw).map_err(|e| BadReview::Malformed(e.to_string()))?;
-    let request: AdmissionRequest<DynamicObject> = review.request.ok_or(BadReview::NoRequest)?;
-    classify(request)
+    classify(review.request.ok_or(BadReview::NoRequest)?)
 }
 
-fn classify(req: AdmissionRequest<DynamicObject>) -> Result<Incoming, BadReview> {
+/// A DNS-1123 subdomain (pod names) or label (namespaces), as the API server validates them.
+pub fn is_dns1123(name: &str, max: usize, dots: bool) -> bool {
+    let ok_char =
+        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.');
+    !name.is_empty()
+        && name.len() <= max
+        && name.chars().all(ok_char)
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+fn classify(req: WireRequest<'_>) -> Result<Incoming, BadReview> {
+    let sub = req.sub_resource.as_deref().filter(|s| !s.is_empty());
     let what = format!(
-        "{:?} {}{}",
+        "{} {}{}",
         req.operation,
         req.resource.resource,
-        req.sub_resource
-            .as_deref()
-            .map(|s| format!("/{s}"))
-            .unwrap_or_default()
-    );
+        sub.map(|s| format!("/{s}")).unwrap_or_default()
+    )
+    .chars()
+    .take(MAX_FIELD)
+    .collect::<String>();
     let core_pods = req.resource.group.is_empty() && req.resource.resource == "pods";
     let caller = Caller {
-        uid: req.uid.clone(),
-        user: req.user_info.username.clone().unwrap_or_default(),
-        dry_run: req.dry_run,
-        namespace: req.namespace.clone().unwrap_or_default(),
-        name: req.name.clone(),
+        uid: req.uid,
+        user: req.user_info.username.unwrap_or_default(),
+        dry_run: req.dry_run.unwrap_or(false),
+        namespace: req.namespace.unwrap_or_default(),
+        name: req.name,
     };
     if caller.name.is_empty() || caller.namespace.is_empty() {
         return Err(BadReview::MissingObject(what, "name and namespace"));
     }
-    match (req.operation, core_pods, req.sub_resource.as_deref()) {
-        (Operation::Delete, true, None) => {
-            let old = req
-                .old_object
+    if !is_dns1123(&caller.name, 253, true) || !is_dns1123(&caller.namespace, 63, false) {
+        return Err(BadReview::BadName(
+            caller.namespace.chars().take(64).collect(),
+            caller.name.chars().take(254).collect(),
+        ));
+    }
+    if caller.uid.is_empty() || caller.uid.len() > MAX_FIELD || caller.user.len() > MAX_FIELD {
+        return Err(BadReview::Malformed(
+            "uid or user name empty or too long".into(),
+        ));
+    }
+    match (req.operation.as_str(), core_pods, sub) {
+        ("DELETE", true, None) => {
+            let old = present(req.old_object)
                 .ok_or_else(|| BadReview::MissingObject(what.clone(), "oldObject"))?;
-            let pod: Pod = serde_json::to_value(old)
-                .and_then(serde_json::from_value)
+            let pod: Pod = serde_json::from_str(old.get())
                 .map_err(|_| BadReview::MissingObject(what.clone(), "Pod in oldObject"))?;
+            if pod.metadata.name.as_deref() != Some(caller.name.as_str())
+                || pod.metadata.namespace.as_deref() != Some(caller.namespace.as_str())
+            {
+                return Err(BadReview::MissingObject(
+                    what,
+                    "oldObject naming the request's pod",
+                ));
+            }
             let options: Option<DeleteOptions> =
-                req.options.and_then(|o| serde_json::from_value(o.0).ok());
+                present(req.options).and_then(|o| serde_json::from_str(o.get()).ok());
             let had_preconditions = options
                 .as_ref()
                 .and_then(|o| o.preconditions.as_ref())
@@ -141,13 +238,17 @@ fn classify(req: AdmissionRequest<DynamicObject>) -> Result<Incoming, BadReview>
                 had_preconditions,
             })
         }
-        (Operation::Create, true, Some("eviction")) => {
-            let object = req
-                .object
+        ("CREATE", true, Some("eviction")) => {
+            let object = present(req.object)
                 .ok_or_else(|| BadReview::MissingObject(what.clone(), "Eviction object"))?;
-            let eviction = serde_json::to_value(object)
+            let eviction: WireEviction<'_> = serde_json::from_str(object.get())
                 .map_err(|_| BadReview::MissingObject(what.clone(), "Eviction object"))?;
-            Ok(Incoming::Evict { caller, eviction })
+            let has_options = present(eviction.delete_options)
+                .is_some_and(|o| o.get().trim_start().starts_with('{'));
+            Ok(Incoming::Evict {
+                caller,
+                has_options,
+            })
         }
         _ => Err(BadReview::Unexpected(what)),
     }
@@ -205,11 +306,6 @@ fn reason_for(code: u16) -> &'static str {
         400 => "BadRequest",
         _ => "Forbidden",
     }
-}
-
-/// Whether an Eviction object already carries deleteOptions (decides the patch's path).
-pub fn eviction_has_options(eviction: &Value) -> bool {
-    eviction.get("deleteOptions").is_some_and(|o| o.is_object())
 }
 
 #[cfg(test)]

@@ -75,11 +75,24 @@ fn a_pod_delete_parses_with_its_options() {
 #[test]
 fn an_eviction_parses_with_its_dry_run_flag() {
     let parsed = parse(&review(eviction_request())).unwrap();
-    let Incoming::Evict { caller, eviction } = parsed else {
+    let Incoming::Evict {
+        caller,
+        has_options,
+    } = parsed
+    else {
         panic!("expected an eviction")
     };
     assert!(caller.dry_run);
-    assert!(!eviction_has_options(&eviction));
+    assert!(!has_options);
+    let mut r = eviction_request();
+    r["object"]["deleteOptions"] = json!({"gracePeriodSeconds": 3});
+    assert!(matches!(
+        parse(&review(r)).unwrap(),
+        Incoming::Evict {
+            has_options: true,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -149,6 +162,12 @@ fn missing_or_wrong_objects_are_refused() {
         Err(BadReview::MissingObject(..))
     ));
     let mut r = delete_request();
+    r["oldObject"]["metadata"]["name"] = json!("another-pod");
+    assert!(
+        matches!(parse(&review(r)), Err(BadReview::MissingObject(..))),
+        "an oldObject naming another pod than the request"
+    );
+    let mut r = delete_request();
     r["namespace"] = json!("");
     assert!(matches!(
         parse(&review(r)),
@@ -194,4 +213,32 @@ fn answers_serialize_as_the_api_server_expects() {
         assert_eq!(patch[0]["op"], "add");
         assert_eq!(patch[0]["path"], path);
     }
+}
+
+#[test]
+fn names_kubernetes_would_refuse_are_refused() {
+    for (ns, name) in [
+        ("Shop", "web-1"),
+        ("shop", "web_1"),
+        ("shop", "-web"),
+        ("sh.op", "web-1"),
+        ("shop", "web/../../x"),
+    ] {
+        let mut r = delete_request();
+        r["namespace"] = json!(ns);
+        r["name"] = json!(name);
+        r["oldObject"]["metadata"]["namespace"] = json!(ns);
+        r["oldObject"]["metadata"]["name"] = json!(name);
+        assert!(
+            matches!(parse(&review(r)), Err(BadReview::BadName(..))),
+            "{ns}/{name}"
+        );
+    }
+    let long = "a".repeat(254);
+    assert!(!is_dns1123(&long, 253, true));
+    assert!(is_dns1123("web-7d9f.x", 253, true));
+    assert!(!is_dns1123("a.b", 63, false));
+    let mut r = eviction_request();
+    r["uid"] = json!("u".repeat(600));
+    assert_eq!(parse(&review(r)).unwrap_err().status(), 400);
 }

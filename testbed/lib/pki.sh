@@ -50,6 +50,10 @@ pki_ensure() { # nodes
     openssl ec -in "$p/sa.key.tmp" -pubout -out "$p/sa.pub.tmp" 2>/dev/null
     mv "$p/sa.key.tmp" "$p/sa.key"; chmod 600 "$p"/*.key; mv "$p/sa.pub.tmp" "$p/sa.pub"
   fi
+  # The API server's client certificate for webhooks (the product's mode clientAuth=required
+  # checks it); signed by the cluster CA like every other client, so only its name sets it apart.
+  [ -f "$p/apiserver-webhook-client.crt" ] || pki_sign "$p" apiserver-webhook-client kube-apiserver-webhook-client "" "$cli"
+  pki_admission_config
   for n in admin kcm sched proxy; do pki_kubeconfig "$n"; done
   for ((i = 1; i <= $1; i++)); do
     n=$(node_name "$i")
@@ -58,4 +62,36 @@ pki_ensure() { # nodes
       "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:$n,IP:$(node_ip "$i")"
     pki_kubeconfig "kubelet-$n"
   done
+}
+
+# The API server's --admission-control-config-file: both webhook admission plugins present the
+# webhook client certificate to every webhook ('*' is the default entry of the kubeconfig it names;
+# a user entry named <service>.<namespace>.svc would apply to one webhook only).
+pki_admission_config() {
+  local p="$STATE/pki" a="$STATE/admission"
+  mkdir -p "$a"
+  cat >"$a/webhook.kubeconfig" <<EOF2
+apiVersion: v1
+kind: Config
+users:
+- name: '*'
+  user:
+    client-certificate: $p/apiserver-webhook-client.crt
+    client-key: $p/apiserver-webhook-client.key
+EOF2
+  cat >"$a/admission.yaml" <<EOF2
+apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: ValidatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: $a/webhook.kubeconfig
+- name: MutatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: $a/webhook.kubeconfig
+EOF2
 }

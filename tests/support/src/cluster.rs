@@ -149,6 +149,23 @@ pub fn testbed_script(target: &Target, path: &str) -> Result<Command> {
     }
 }
 
+/// The certificate and key of one of the testbed PKI's clients (`admin`, say), signed by the
+/// cluster CA; an error on another cluster.
+pub fn testbed_client_cert(target: &Target, name: &str) -> Result<(PathBuf, PathBuf)> {
+    match target {
+        Target::Testbed { .. } => {
+            let dir = Path::new("/var/lib/pgd-testbed/pki");
+            Ok((
+                dir.join(format!("{name}.crt")),
+                dir.join(format!("{name}.key")),
+            ))
+        }
+        Target::External { .. } => Err(Error::Unexpected(format!(
+            "the client certificate {name} is the testbed's, not an external cluster's"
+        ))),
+    }
+}
+
 /// A `helm` command for the cluster under test (the testbed's own helm, run inside its network;
 /// or `helm` from PATH with the external kubeconfig).
 pub fn helm(target: &Target) -> Command {

@@ -17,6 +17,8 @@ pub mod objects;
 pub mod product;
 pub mod wait;
 
-pub use cluster::{Target, helm, kubectl, nodes_ready_schedulable, target, testbed_script};
+pub use cluster::{
+    Target, helm, kubectl, nodes_ready_schedulable, target, testbed_client_cert, testbed_script,
+};
 pub use error::{Error, Result};
 pub use namespace::TestEnv;

@@ -34,8 +34,28 @@ pub fn chart_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../chart")
 }
 
+/// Whether the replicas demand the API server's client certificate (chart value clientAuth.mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    None,
+    Optional,
+    Required,
+}
+
+impl ClientAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::None => "none",
+            ClientAuth::Optional => "optional",
+            ClientAuth::Required => "required",
+        }
+    }
+}
+
 pub struct Options {
     pub replicas: i32,
+    /// How the replicas authenticate their callers.
+    pub client_auth: ClientAuth,
     pub drain_seconds: u64,
     pub hold_seconds: u64,
     /// Namespaces excluded besides kube-system and the release namespace.
@@ -50,6 +70,9 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             replicas: 2,
+            // The testbed's API server presents its webhook client certificate: every product
+            // test runs as a careful operator would install it.
+            client_auth: ClientAuth::Required,
             drain_seconds: 8,
             hold_seconds: 20,
             excluded_namespaces: vec![],
@@ -122,6 +145,7 @@ impl Install {
             ("instance".into(), env.namespace.clone()),
             ("uninstall.waitSeconds".into(), "30".into()),
         ];
+        sets.push(("clientAuth.mode".into(), opts.client_auth.as_str().into()));
         sets.extend(opts.values.iter().cloned());
         let mut cmd = install.helm();
         cmd.args(["install", &install.release])
