@@ -8,6 +8,12 @@ KUBE_VERSION="${KUBE_VERSION:-v1.35.4}"     # 1.35 is the last line that runs on
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"     # only the scale benchmark (loadtest) uses it
+# NetworkPolicy agent (`build netpol`, optional): kube-router in firewall-only mode (iptables + ipset).
+# Not kube-network-policies: it needs the nftables `queue` expression (CONFIG_NFT_QUEUE), which this
+# kernel lacks ("Could not process rule: No such file or directory"), so it would enforce nothing.
+# v2.1.0 is the newest kube-router the Go module proxy serves (later tags answer 403).
+KUBE_ROUTER_VERSION="${KUBE_ROUTER_VERSION:-v2.1.0}"
+NETPOL_PACKAGES=(ipset)
 DEBIAN_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack iproute2 openssl curl util-linux kmod file fonts-dejavu-core)
 
 TESTBED_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,6 +23,7 @@ KUBE_BIN="$CACHE/k8s/$KUBE_VERSION/bin"
 ETCD_BIN="$CACHE/etcd/$ETCD_VERSION/bin"
 HELM_BIN="$CACHE/helm/$HELM_VERSION/bin"
 KWOK_BIN="$CACHE/kwok/$KWOK_VERSION/bin"
+NETPOL_BIN="$CACHE/kube-router/$KUBE_ROUTER_VERSION/bin"
 # Go's caches live beside the binaries so that one directory holds (and `du` measures) all of it.
 export GOMODCACHE="$CACHE/go/mod" GOCACHE="$CACHE/go/build" GOPATH="$CACHE/go/path"
 export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 GOFLAGS=-mod=mod
