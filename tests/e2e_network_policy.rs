@@ -64,7 +64,7 @@ async fn probe(env: &TestEnv, name: &str, urls: &[String]) -> anyhow::Result<Vec
     )
     .await?;
     let mut seen = Vec::new();
-    for i in 0..urls.len() {
+    for (i, url) in urls.iter().enumerate() {
         let log = api
             .logs(
                 name,
@@ -100,8 +100,7 @@ async fn probe(env: &TestEnv, name: &str, urls: &[String]) -> anyhow::Result<Vec
                 ["refused", "timeout", "deadline", "unreachable"]
                     .iter()
                     .any(|s| error.contains(s)),
-                "{} neither answered nor was refused: {log}",
-                urls[i]
+                "{url} neither answered nor was refused: {log}"
             );
             Reach::Blocked
         });

@@ -733,3 +733,99 @@ async fn the_cert_manager_and_network_policy_options_render_what_they_need() -> 
     assert!(String::from_utf8_lossy(&refused.stderr).contains("apiServerCIDRs"));
     Ok(())
 }
+
+/// The chart as it landed before client authentication and the process's own namespace
+/// selection: an installation of it is upgraded in place.
+const PREVIOUS_CHART_COMMIT: &str = "f1b30ea";
+
+/// `helm upgrade` from the previous chart to this one, switching client authentication on: the
+/// replicas roll, a drain scheduled under the old chart is carried out on time, and the API
+/// server's evictions are served (as verified calls) under `clientAuth.mode=required`.
+#[tokio::test]
+async fn an_upgrade_from_the_previous_chart_switches_client_auth_on_and_keeps_schedules()
+-> anyhow::Result<()> {
+    let env = TestEnv::new("chart-prev").await?;
+    let dir = std::env::temp_dir().join(format!("pgd-prev-chart-{}", env.namespace));
+    std::fs::create_dir_all(&dir)?;
+    let repo = chart_dir().join("..");
+    let archive = Command::new("git")
+        .arg("-C")
+        .arg(&repo)
+        .args(["archive", "--format=tar", PREVIOUS_CHART_COMMIT, "chart"])
+        .output()?;
+    anyhow::ensure!(
+        archive.status.success(),
+        "git archive {PREVIOUS_CHART_COMMIT}: {}",
+        String::from_utf8_lossy(&archive.stderr)
+    );
+    let tar = dir.join("chart.tar");
+    std::fs::write(&tar, &archive.stdout)?;
+    anyhow::ensure!(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&dir)
+            .status()?
+            .success(),
+        "unpacking the previous chart"
+    );
+    let install = Install::new(
+        &env,
+        Options {
+            chart: Some(dir.join("chart")),
+            client_auth: pgd_testbed::product::ClientAuth::None,
+            drain_seconds: 40,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let pods = env.serve_demo("web", 3, json!({})).await?;
+    let api: Api<Pod> = env.api();
+    let before = evict_and_wait_draining(&api, &pods[0].name_any()).await?;
+    let before_at = delete_at(&before)?;
+
+    install
+        .run_helm(&[
+            "upgrade",
+            &install.release,
+            &chart_dir().display().to_string(),
+            "--reset-then-reuse-values",
+            "--set",
+            "clientAuth.mode=required",
+            "--wait",
+            "--timeout",
+            "120s",
+        ])
+        .await?;
+    install.wait_ready(2).await?;
+    let deployment: Deployment = install.api().get(&install.name).await?;
+    let env_vars = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|s| s.containers[0].env.clone().unwrap_or_default())
+        .unwrap_or_default();
+    assert!(
+        env_vars
+            .iter()
+            .any(|e| e.name == "PGD_CLIENT_AUTH" && e.value.as_deref() == Some("required")),
+        "the upgrade did not switch client authentication on"
+    );
+    // A drain under the new chart: served, and as the API server's verified word.
+    let after = evict_and_wait_draining(&api, &pods[1].name_any()).await?;
+    assert!(
+        !after.annotations()[schedule::REQUESTED_BY].contains("unverified"),
+        "{:?}",
+        after.annotations()
+    );
+    // The drain scheduled under the old chart is carried out on time by the new replicas.
+    deleted_between(
+        &api,
+        &before,
+        before_at,
+        before_at + jiff::SignedDuration::from_secs(20),
+    )
+    .await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -53,6 +53,9 @@ impl ClientAuth {
 }
 
 pub struct Options {
+    /// The chart to install (default: `chart/` of this checkout). An older chart knows no
+    /// `clientAuth` values: with one, `client_auth` must be `None` and is not passed.
+    pub chart: Option<PathBuf>,
     pub replicas: i32,
     /// How the replicas authenticate their callers.
     pub client_auth: ClientAuth,
@@ -69,6 +72,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
+            chart: None,
             replicas: 2,
             // The testbed's API server presents its webhook client certificate: every product
             // test runs as a careful operator would install it.
@@ -145,11 +149,17 @@ impl Install {
             ("instance".into(), env.namespace.clone()),
             ("uninstall.waitSeconds".into(), "30".into()),
         ];
-        sets.push(("clientAuth.mode".into(), opts.client_auth.as_str().into()));
+        if opts.chart.is_none() {
+            sets.push(("clientAuth.mode".into(), opts.client_auth.as_str().into()));
+        } else if opts.client_auth != ClientAuth::None {
+            return Err(Error::Unexpected(
+                "an older chart is installed without client authentication".into(),
+            ));
+        }
         sets.extend(opts.values.iter().cloned());
         let mut cmd = install.helm();
         cmd.args(["install", &install.release])
-            .arg(chart_dir())
+            .arg(opts.chart.clone().unwrap_or_else(chart_dir))
             .args(["--wait", "--timeout", "120s"]);
         for (k, v) in &sets {
             cmd.arg("--set").arg(format!("{k}={v}"));
