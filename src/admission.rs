@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use axum::body::Bytes;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::{Api, ResourceExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::budget_writes::{self, Spent};
 use crate::client_auth::Caller;
@@ -59,6 +60,20 @@ pub struct HttpAnswer {
     pub body: Vec<u8>,
 }
 
+/// A request's place under the server's cap on requests being worked on; released once the
+/// answer is known, before any hold.
+#[derive(Clone, Default)]
+pub struct Slot(Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl Slot {
+    pub fn new(permit: OwnedSemaphorePermit) -> Slot {
+        Slot(Arc::new(std::sync::Mutex::new(Some(permit))))
+    }
+    pub fn release(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
 /// The one event a request publishes (whatever number of attempts it took).
 struct Notice {
     warning: bool,
@@ -70,8 +85,11 @@ impl Admission {
     /// Serves one request body from `caller`. Never panics on input; a bad body is a 4xx with its
     /// reason.
     #[tracing::instrument(name = "admission", skip_all, fields(uid, user, pod, caller = %caller))]
-    pub async fn serve(&self, body: &[u8], caller: &Caller) -> HttpAnswer {
-        let incoming = match review::parse(body) {
+    pub async fn serve(&self, body: Bytes, caller: &Caller, slot: Slot) -> HttpAnswer {
+        let parsed = review::parse(&body);
+        // Nothing of the body outlives the parse (a held request must not keep it).
+        drop(body);
+        let incoming = match parsed {
             Ok(i) => i,
             Err(e) => {
                 tracing::warn!(error = %e, "bad admission request");
@@ -94,7 +112,7 @@ impl Admission {
         } else {
             Origin::Unverified
         };
-        let reply = match self.handle(&incoming, origin).await {
+        let reply = match self.handle(incoming, origin, slot).await {
             Ok(reply) => reply,
             Err(e) => {
                 // The webhook is failurePolicy Ignore: an error lets the request through, which
@@ -109,14 +127,25 @@ impl Admission {
         }
     }
 
-    async fn handle(&self, incoming: &Incoming, origin: Origin) -> Result<Reply, AdmissionError> {
-        let caller = incoming.caller();
-        let (operation, hint, eviction_has_options) = match incoming {
-            Incoming::Delete { pod, options, .. } => {
-                (Operation::Delete(options.clone()), Some(&**pod), false)
-            }
-            Incoming::Evict { has_options, .. } => (Operation::Evict, None, *has_options),
+    async fn handle(
+        &self,
+        incoming: Incoming,
+        origin: Origin,
+        slot: Slot,
+    ) -> Result<Reply, AdmissionError> {
+        let (caller, operation, hint, eviction_has_options) = match incoming {
+            Incoming::Delete {
+                caller,
+                pod,
+                options,
+                ..
+            } => (caller, Operation::Delete(options), Some(pod), false),
+            Incoming::Evict {
+                caller,
+                has_options,
+            } => (caller, Operation::Evict, None, has_options),
         };
+        let caller = &caller;
         let request = Request {
             operation,
             dry_run: caller.dry_run,
@@ -129,7 +158,7 @@ impl Admission {
         }
         // The DELETE's oldObject is only a hint of whether the pod may need us: anyone able to
         // reach the port could have written it. The decision is made on the pod as stored.
-        if let Some(hint) = hint
+        if let Some(hint) = &hint
             && !self.may_need_us(hint)
         {
             return Ok(Reply::Allow);
@@ -138,13 +167,14 @@ impl Admission {
             // Gone already (the API server answers 404 itself).
             return Ok(Reply::Allow);
         };
-        if let Some(hint) = hint
+        if let Some(hint) = &hint
             && hint.metadata.uid.is_some()
             && hint.metadata.uid != pod.metadata.uid
         {
             tracing::warn!(pod = %caller.name, "the review's oldObject is not the stored pod; letting the request through");
             return Ok(Reply::Allow);
         }
+        drop(hint);
         // Once this request has recorded a disruption in a budget it must not end in "allow" with
         // the pod not isolated: the real eviction would then spend the budget a second time.
         let mut recorded = false;
@@ -188,10 +218,11 @@ impl Admission {
         if let Some(n) = notice {
             self.events.publish(&pod, n.warning, n.reason, n.note).await;
         }
+        drop(pod);
         match outcome {
-            Some(Ok(Finish::Answer(answer, delete_at))) => {
-                Ok(self.finish(answer, delete_at, eviction_has_options).await)
-            }
+            Some(Ok(Finish::Answer(answer, delete_at))) => Ok(self
+                .finish(answer, delete_at, eviction_has_options, slot)
+                .await),
             Some(Ok(Finish::Now(reply))) => Ok(reply),
             Some(Err(e)) => Err(e),
             None if recorded => {
@@ -241,9 +272,16 @@ impl Admission {
         } else {
             Vec::new()
         };
+        let draining = labels.contains_key(crate::schedule::DRAINING_LABEL);
         let (surroundings, namespace) = if maybe_serving && (ours || !services.is_empty()) {
             (
-                Some(self.view.surroundings(pod, services).await?),
+                // A pod already draining gets its first answer again: what selects it is not
+                // read (one API call fewer for every repeated request).
+                if draining {
+                    None
+                } else {
+                    Some(self.view.surroundings(pod, services).await?)
+                },
                 Some(
                     self.view
                         .namespace(&ns, self.policy.namespace_selector.as_ref())
@@ -391,7 +429,13 @@ impl Admission {
 
     /// Turns the answer into a reply, holding it when asked to. Past the cap on held requests the
     /// answer is given at once: what the policy answers a drain too long to wait for.
-    async fn finish(&self, answer: Answer, delete_at: Timestamp, has_options: bool) -> Reply {
+    async fn finish(
+        &self,
+        answer: Answer,
+        delete_at: Timestamp,
+        has_options: bool,
+        slot: Slot,
+    ) -> Reply {
         let held = matches!(
             answer,
             Answer::HoldThenAllow { .. } | Answer::HoldThenDeny { .. }
@@ -419,6 +463,8 @@ impl Admission {
         } else {
             None
         };
+        // A held answer is counted by the held cap, not the cap on requests being worked on.
+        slot.release();
         match answer {
             Answer::Deny(message) => Reply::Deny { code: 403, message },
             Answer::Allow => Reply::Allow,

@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Extension, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -27,10 +27,10 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower::ServiceExt as _;
 
-use crate::admission::Admission;
+use crate::admission::{Admission, Slot};
 use crate::client_auth::{self, Caller};
 use crate::review::MAX_REVIEW_BYTES;
 use crate::tls::ServerTls;
@@ -63,6 +63,11 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// A connection with no request in flight is closed after this long.
     pub idle_timeout: Duration,
+    /// Open connections from one source address (one attacker's pod cannot take them all).
+    pub max_connections_per_source: usize,
+    /// Bytes of request bodies beyond their first [`FREE_BODY_BYTES`], all requests together:
+    /// past it, 503.
+    pub body_budget: usize,
 }
 
 impl Limits {
@@ -70,11 +75,15 @@ impl Limits {
     /// and holds DELETEs up to the hold budget, so connections are many and long.
     pub const WEBHOOK: Limits = Limits {
         max_connections: 1024,
-        max_requests: 512,
+        max_requests: 256,
         handshake_timeout: Duration::from_secs(5),
         header_timeout: Duration::from_secs(5),
         body_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(120),
+        max_connections_per_source: 256,
+        // What bodies may hold beyond their first FREE_BODY_BYTES, all together: an eighth of the
+        // replica's memory limit (256 requests x 256 KiB free is another quarter at most).
+        body_budget: 32 * 1024 * 1024,
     };
     /// The health listener: the kubelet's probes, one at a time.
     pub const HEALTH: Limits = Limits {
@@ -84,6 +93,8 @@ impl Limits {
         header_timeout: Duration::from_secs(5),
         body_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(30),
+        max_connections_per_source: 16,
+        body_budget: 64 * 1024,
     };
 }
 
@@ -91,6 +102,8 @@ impl Limits {
 #[derive(Debug, Default)]
 pub struct Refusals {
     pub connections_over_cap: AtomicU64,
+    pub connections_over_source_cap: AtomicU64,
+    pub bodies_over_budget: AtomicU64,
     pub requests_over_cap: AtomicU64,
     pub handshakes_failed: AtomicU64,
     pub header_timeouts: AtomicU64,
@@ -101,6 +114,12 @@ pub struct Refusals {
 
 fn bump(counter: &AtomicU64) -> u64 {
     counter.fetch_add(1, Ordering::Relaxed) + 1
+}
+
+/// Whether the `n`th refusal of a kind is logged: the first ones, then ever more rarely, so a
+/// flood cannot turn the log into a second flood.
+fn worth_logging(n: u64) -> bool {
+    n.is_power_of_two() || n.is_multiple_of(10_000)
 }
 
 /// Where a connection is, for its watchdog.
@@ -137,8 +156,10 @@ pub fn verdict(phase: Phase, now: Instant, limits: &Limits) -> Option<Cut> {
 struct Activity(Mutex<Phase>);
 
 impl Activity {
+    /// A new connection owes its first request head: a client that opens a connection and sends
+    /// nothing is cut after the header timeout, not the idle timeout.
     fn new() -> Arc<Activity> {
-        Arc::new(Activity(Mutex::new(Phase::Idle {
+        Arc::new(Activity(Mutex::new(Phase::Head {
             since: Instant::now(),
         })))
     }
@@ -223,6 +244,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 struct Shared {
     limits: Limits,
     requests: Arc<Semaphore>,
+    bodies: Arc<Semaphore>,
     refusals: Arc<Refusals>,
 }
 
@@ -240,6 +262,7 @@ async fn serve_connection<S>(
     let Shared {
         limits,
         requests,
+        bodies,
         refusals,
     } = shared;
     let activity = Activity::new();
@@ -250,24 +273,33 @@ async fn serve_connection<S>(
     let (service_activity, service_refusals) = (activity.clone(), refusals.clone());
     let service =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            let (router, activity, requests, refusals) = (
+            let (router, activity, requests, refusals, bodies) = (
                 router.clone(),
                 service_activity.clone(),
                 requests.clone(),
                 service_refusals.clone(),
+                bodies.clone(),
             );
             if let Some(c) = &caller {
                 req.extensions_mut().insert(c.clone());
             }
-            req.extensions_mut()
-                .insert(BodyTimeout(limits.body_timeout));
+            req.extensions_mut().insert(BodyLimits {
+                timeout: limits.body_timeout,
+                budget: bodies,
+                refusals: refusals.clone(),
+            });
             async move {
                 activity.begin();
-                let response = match requests.try_acquire() {
-                    Ok(_permit) => router.oneshot(req.map(Body::new)).await,
+                let response = match requests.try_acquire_owned() {
+                    Ok(permit) => {
+                        req.extensions_mut().insert(Slot::new(permit));
+                        router.oneshot(req.map(Body::new)).await
+                    }
                     Err(_) => {
                         let n = bump(&refusals.requests_over_cap);
-                        tracing::warn!(total = n, "too many requests at once; answering 503");
+                        if worth_logging(n) {
+                            tracing::warn!(total = n, "too many requests at once; answering 503");
+                        }
                         Ok((StatusCode::SERVICE_UNAVAILABLE, "too many requests").into_response())
                     }
                 };
@@ -301,40 +333,131 @@ async fn serve_connection<S>(
     }
 }
 
-/// The body-read deadline, passed to the handler with the request.
-#[derive(Debug, Clone, Copy)]
-struct BodyTimeout(Duration);
+/// Bytes of every request body that need no share of the body budget: far more than a real
+/// AdmissionReview of a pod (a few KiB).
+const FREE_BODY_BYTES: usize = 256 * 1024;
+
+/// How a handler may read a body: by when, and from the listener's byte budget.
+#[derive(Clone)]
+struct BodyLimits {
+    timeout: Duration,
+    budget: Arc<Semaphore>,
+    refusals: Arc<Refusals>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum BodyRefused {
+    TooLarge,
+    OverBudget,
+    TooSlow,
+    Broken,
+}
+
+impl IntoResponse for BodyRefused {
+    fn into_response(self) -> Response {
+        match self {
+            BodyRefused::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("AdmissionReview larger than the {MAX_REVIEW_BYTES} bytes accepted"),
+            )
+                .into_response(),
+            BodyRefused::OverBudget => {
+                (StatusCode::SERVICE_UNAVAILABLE, "too many bodies at once").into_response()
+            }
+            BodyRefused::TooSlow => (StatusCode::REQUEST_TIMEOUT, "body too slow").into_response(),
+            BodyRefused::Broken => (StatusCode::BAD_REQUEST, "body not read").into_response(),
+        }
+    }
+}
+
+/// Reads a body of at most `max` bytes, frame by frame, taking each frame's bytes from the
+/// budget first (a declared Content-Length over `max` is refused before anything is read). The
+/// bytes come back with their permits; dropping both gives the budget back.
+async fn read_body(
+    request: Request,
+    max: usize,
+    limits: &BodyLimits,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), BodyRefused> {
+    use http_body_util::BodyExt as _;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(BodyRefused::TooLarge);
+    }
+    let mut body = request.into_body();
+    let mut buf = Vec::new();
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| BodyRefused::Broken)?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if buf.len() + data.len() > max {
+                return Err(BodyRefused::TooLarge);
+            }
+            // The first FREE_BODY_BYTES of every body are its own (requests are capped, so this is
+            // bounded too); only what is beyond competes for the shared budget, so large bodies
+            // cannot starve the API server's ordinary reviews.
+            let beyond = (buf.len() + data.len()).saturating_sub(FREE_BODY_BYTES.max(buf.len()));
+            if beyond > 0 {
+                let n = u32::try_from(beyond).map_err(|_| BodyRefused::TooLarge)?;
+                let permit = limits
+                    .budget
+                    .clone()
+                    .try_acquire_many_owned(n)
+                    .map_err(|_| BodyRefused::OverBudget)?;
+                match &mut held {
+                    Some(h) => h.merge(permit),
+                    None => held = Some(permit),
+                }
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(limits.timeout, read).await {
+        Err(_) => Err(BodyRefused::TooSlow),
+        Ok(Err(e)) => {
+            if e == BodyRefused::OverBudget {
+                let n = bump(&limits.refusals.bodies_over_budget);
+                if worth_logging(n) {
+                    tracing::warn!(
+                        total = n,
+                        "request bodies over their memory budget; answering 503"
+                    );
+                }
+            }
+            Err(e)
+        }
+        Ok(Ok(())) => Ok((Bytes::from(buf), held)),
+    }
+}
 
 /// Answers one AdmissionReview. `Server-Timing` carries how long the answer took here (parse,
 /// decide, act), so benchmarks can tell the server's share from the network's.
 async fn review(
     State(admission): State<Arc<Admission>>,
     caller: Option<Extension<Caller>>,
-    Extension(BodyTimeout(body_timeout)): Extension<BodyTimeout>,
+    slot: Option<Extension<Slot>>,
+    Extension(limits): Extension<BodyLimits>,
     request: Request,
 ) -> Response {
     let caller = caller
         .map(|Extension(c)| c)
         .unwrap_or(Caller::Unverified(client_auth::Unverified::NotAsked));
-    let body = request.into_body();
-    let body = match tokio::time::timeout(
-        body_timeout,
-        axum::body::to_bytes(body, MAX_REVIEW_BYTES + 1),
-    )
-    .await
-    {
-        Ok(Ok(b)) => b,
-        Ok(Err(_)) => {
-            return (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("AdmissionReview larger than the {MAX_REVIEW_BYTES} bytes accepted"),
-            )
-                .into_response();
-        }
-        Err(_) => return (StatusCode::REQUEST_TIMEOUT, "body too slow").into_response(),
+    let slot = slot.map(|Extension(s)| s).unwrap_or_default();
+    let (body, budget) = match read_body(request, MAX_REVIEW_BYTES, &limits).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
     };
+    // The bytes go back to the budget once the body is parsed (serve drops it then).
+    drop(budget);
     let started = Instant::now();
-    let answer = admission.serve(&body, &caller).await;
+    let answer = admission.serve(body, &caller, slot).await;
     let timing = format!("review;dur={:.3}", started.elapsed().as_secs_f64() * 1000.0);
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_REQUEST);
     let content_type = if status.is_success() {
@@ -378,6 +501,44 @@ pub fn health_router(ready: Readiness) -> Router {
         .with_state(ready)
 }
 
+/// Open connections per source address.
+#[derive(Clone, Default)]
+struct Sources(Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// One connection's place in its source's count; leaving gives it back.
+struct FromSource {
+    sources: Sources,
+    ip: std::net::IpAddr,
+}
+
+impl Sources {
+    /// A place for one more connection from `ip`, unless it has `max` already.
+    fn enter(&self, ip: std::net::IpAddr, max: usize) -> Option<FromSource> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(FromSource {
+            sources: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for FromSource {
+    fn drop(&mut self) {
+        let mut map = self.sources.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Accepts until `stop` turns true, then lets the open connections finish for up to `drain`.
 /// `handle` turns an accepted stream into the task that serves it.
 async fn accept_loop<F, Fut>(
@@ -395,8 +556,10 @@ async fn accept_loop<F, Fut>(
     let shared = Shared {
         limits,
         requests: Arc::new(Semaphore::new(limits.max_requests)),
+        bodies: Arc::new(Semaphore::new(limits.body_budget)),
         refusals: refusals.clone(),
     };
+    let sources = Sources::default();
     let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
@@ -412,9 +575,19 @@ async fn accept_loop<F, Fut>(
                 continue;
             }
         };
+        let Some(from_source) = sources.enter(peer.ip(), limits.max_connections_per_source) else {
+            let n = bump(&refusals.connections_over_source_cap);
+            if worth_logging(n) {
+                tracing::warn!(%peer, total = n, "too many open connections from one address; closing a new one");
+            }
+            drop(stream);
+            continue;
+        };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             let n = bump(&refusals.connections_over_cap);
-            tracing::warn!(total = n, "too many open connections; closing a new one");
+            if worth_logging(n) {
+                tracing::warn!(total = n, "too many open connections; closing a new one");
+            }
             drop(stream);
             continue;
         };
@@ -423,6 +596,7 @@ async fn accept_loop<F, Fut>(
         tokio::spawn(async move {
             task.await;
             drop(permit);
+            drop(from_source);
         });
     }
     drop(listener);
@@ -474,7 +648,9 @@ pub async fn serve_webhook(
                     && *why != client_auth::Unverified::NotAsked
                 {
                     let n = bump(&refusals.unverified_callers);
-                    tracing::warn!(%peer, %caller, total = n, "unverified caller: served, but nothing in its requests is trusted");
+                    if worth_logging(n) {
+                        tracing::warn!(%peer, %caller, total = n, "unverified caller: served, but nothing in its requests is trusted");
+                    }
                 }
                 serve_connection(shared, watcher, stream, router, Some(caller)).await;
             }
@@ -540,8 +716,39 @@ mod tests {
     }
 
     #[test]
+    fn one_source_gets_at_most_its_share_of_connections() {
+        let sources = Sources::default();
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let held: Vec<FromSource> = (0..3).map(|_| sources.enter(a, 3).unwrap()).collect();
+        assert!(
+            sources.enter(a, 3).is_none(),
+            "a fourth from the same address"
+        );
+        assert!(
+            sources.enter(b, 3).is_some(),
+            "another address is not affected"
+        );
+        drop(held);
+        assert!(
+            sources.enter(a, 3).is_some(),
+            "leaving gives the places back"
+        );
+        assert!(
+            sources.0.lock().unwrap().get(&b).is_none(),
+            "no entry is kept for an address with no connection"
+        );
+    }
+
+    #[test]
     fn a_connection_moves_idle_head_busy_idle() {
         let a = Activity::new();
+        assert!(
+            matches!(a.phase(), Phase::Head { .. }),
+            "a new connection owes its first request within the header timeout"
+        );
+        a.begin();
+        a.end();
         assert!(matches!(a.phase(), Phase::Idle { .. }));
         a.bytes_read();
         assert!(matches!(a.phase(), Phase::Head { .. }));

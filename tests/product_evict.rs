@@ -239,3 +239,43 @@ async fn excluded_namespaces_pass_at_once() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `kubectl drain --dry-run=server` puts the dry-run inside the Eviction's deleteOptions, not in
+/// the request's query (so the AdmissionReview's `dryRun` is false): nothing may change, neither
+/// the pod's labels nor the budget, and the pod is never deleted.
+#[tokio::test]
+async fn a_dry_run_inside_the_eviction_changes_nothing() -> anyhow::Result<()> {
+    let env = TestEnv::new("evict-dry").await?;
+    let _install = Install::new(&env, Options::default()).await?;
+    let pods = app(&env, 3, json!({"maxUnavailable": 1})).await?;
+    let api: Api<Pod> = env.api();
+    let victim = pods[0].name_any();
+    // As kubectl sends it (kube's EvictParams names the field delete_options, which the API server
+    // ignores, so the body is written out here).
+    let eviction = json!({
+        "apiVersion": "policy/v1", "kind": "Eviction",
+        "metadata": {"name": victim, "namespace": env.namespace},
+        "deleteOptions": {"dryRun": ["All"]}
+    });
+    let _: serde_json::Value = api
+        .create_subresource("eviction", &victim, &PostParams::default(), &eviction)
+        .await?;
+    let now = api.get(&victim).await?;
+    assert!(
+        !draining(&now),
+        "a dry-run eviction isolated the pod: {:?}",
+        now.labels()
+    );
+    assert_eq!(now.labels(), pods[0].labels());
+    assert!(now.metadata.deletion_timestamp.is_none());
+    let budget = env.api::<PodDisruptionBudget>().get("web").await?;
+    let disrupted = budget
+        .status
+        .and_then(|s| s.disrupted_pods)
+        .unwrap_or_default();
+    assert!(
+        disrupted.is_empty(),
+        "a dry-run eviction spent the budget: {disrupted:?}"
+    );
+    Ok(())
+}

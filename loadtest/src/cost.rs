@@ -271,8 +271,8 @@ pub async fn run(
     // certificate, so the measured cost includes client authentication (the installation runs
     // with clientAuth=required, as the tests do).
     let (crt, key) = pgd_testbed::testbed_client_cert(env.target, "apiserver-webhook-client")?;
-    let client_certs = rustls::pki_types::CertificateDer::pem_file_iter(&crt)?
-        .collect::<Result<Vec<_>, _>>()?;
+    let client_certs =
+        rustls::pki_types::CertificateDer::pem_file_iter(&crt)?.collect::<Result<Vec<_>, _>>()?;
     let client_key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key)?;
     for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&bundle) {
         roots.add(cert?)?;

@@ -4,6 +4,7 @@
 
 mod cost;
 mod failover;
+mod flood;
 mod lag;
 mod load;
 mod observe;
@@ -96,6 +97,45 @@ enum Command {
         services: usize,
         #[arg(long, default_value_t = 40)]
         nodes: usize,
+    },
+    /// Floods against one replica (clientAuth none, the worst case): 4 MiB bodies, slow-loris,
+    /// idle connections, held forged DELETEs; its memory and restarts, and the API server's real
+    /// reviews meanwhile.
+    Flood {
+        #[arg(long, value_enum, value_delimiter = ',', default_values = ["oversized", "slow-loris", "idle", "held"])]
+        floods: Vec<flood::Flood>,
+        /// Seconds of each flood.
+        #[arg(long, default_value_t = 25)]
+        seconds: u64,
+        /// Concurrent connections POSTing 4 MiB bodies (half Content-Length, half chunked).
+        #[arg(long, default_value_t = 256)]
+        oversized_connections: usize,
+        /// Slow-loris connections (the replica takes 1024)...
+        #[arg(long, default_value_t = 2000)]
+        loris_connections: usize,
+        /// ... of which this many never finish the TLS handshake.
+        #[arg(long, default_value_t = 400)]
+        loris_stalled: usize,
+        /// Connections that finish TLS and send nothing.
+        #[arg(long, default_value_t = 2000)]
+        idle_connections: usize,
+        /// Concurrent forged DELETEs of a draining pod, each on its own connection.
+        #[arg(long, default_value_t = 1000)]
+        held_connections: usize,
+        /// holdSeconds of the installation (the drain is twice as long).
+        #[arg(long, default_value_t = 20)]
+        hold_seconds: u64,
+        /// Concurrent senders of real reviews (dry-run DELETEs through the API server).
+        #[arg(long, default_value_t = 4)]
+        reviewers: usize,
+        /// Each reviewer sends at most one review per this many ms.
+        #[arg(long, default_value_t = 100)]
+        review_pace_ms: u64,
+        /// Exit 1 unless, in every flood, the replica did not restart, its memory stayed below the
+        /// limit and every real review succeeded within the webhook's timeout with the webhook's
+        /// answer (none let through unreviewed by the API server, per its log).
+        #[arg(long)]
+        assert: bool,
     },
     /// Time from killing the leader to the next scheduled deletion carried out.
     Failover {
@@ -236,6 +276,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "  {}: RSS {:.1} MiB before, {:.1} MiB after; {:.2} CPU seconds meanwhile",
                     r.pod, r.rss_before_mib, r.rss_after_mib, r.cpu_seconds_during
                 );
+            }
+        }
+        Command::Flood {
+            floods,
+            seconds,
+            oversized_connections,
+            loris_connections,
+            loris_stalled,
+            idle_connections,
+            held_connections,
+            hold_seconds,
+            reviewers,
+            review_pace_ms,
+            assert,
+        } => {
+            let cfg = flood::FloodConfig {
+                floods,
+                seconds,
+                oversized: oversized_connections,
+                loris: loris_connections,
+                loris_stalled,
+                idle: idle_connections,
+                held: held_connections,
+                hold_seconds,
+                reviewers,
+                review_pace: Duration::from_millis(review_pace_ms),
+            };
+            let report = flood::run(&cfg).await?;
+            std::fs::create_dir_all(&cli.out)?;
+            std::fs::write(
+                cli.out.join("flood.json"),
+                serde_json::to_string_pretty(&report)? + "\n",
+            )?;
+            let md = flood::markdown(&report);
+            std::fs::write(cli.out.join("flood.md"), &md)?;
+            println!("{md}");
+            println!("figures: {}", cli.out.join("flood.json").display());
+            let problems = flood::verdict(&report);
+            for p in &problems {
+                println!("target missed: {p}");
+            }
+            if assert && !problems.is_empty() {
+                anyhow::bail!("{} flood target(s) missed", problems.len());
             }
         }
         Command::Failover { lease_seconds } => {

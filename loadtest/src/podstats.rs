@@ -70,3 +70,16 @@ pub fn rss_bytes(uid: &str, comm: &str) -> anyhow::Result<u64> {
     anyhow::ensure!(found, "no process {comm} in pod {uid}");
     Ok(total)
 }
+
+/// What the pod's memory cgroup charges now and its peak since the pod started, in bytes: RSS,
+/// page cache and kernel memory (socket buffers, ...), the figure the memory limit is enforced on.
+pub fn cgroup_memory(uid: &str) -> anyhow::Result<(u64, u64)> {
+    let dir = pod_dir("memory", uid)?;
+    let read = |file: &str| -> anyhow::Result<u64> {
+        Ok(std::fs::read_to_string(dir.join(file))?.trim().parse()?)
+    };
+    Ok((
+        read("memory.usage_in_bytes")?,
+        read("memory.max_usage_in_bytes")?,
+    ))
+}

@@ -243,8 +243,18 @@ fn classify(req: WireRequest<'_>) -> Result<Incoming, BadReview> {
                 .ok_or_else(|| BadReview::MissingObject(what.clone(), "Eviction object"))?;
             let eviction: WireEviction<'_> = serde_json::from_str(object.get())
                 .map_err(|_| BadReview::MissingObject(what.clone(), "Eviction object"))?;
-            let has_options = present(eviction.delete_options)
-                .is_some_and(|o| o.get().trim_start().starts_with('{'));
+            let options = present(eviction.delete_options);
+            let has_options = options.is_some_and(|o| o.get().trim_start().starts_with('{'));
+            // `kubectl drain --dry-run=server` puts the dry-run here, not in the request's query:
+            // it is as much a dry-run as the other.
+            let inner_dry_run = options
+                .and_then(|o| serde_json::from_str::<DeleteOptions>(o.get()).ok())
+                .and_then(|o| o.dry_run)
+                .is_some_and(|d| !d.is_empty());
+            let caller = Caller {
+                dry_run: caller.dry_run || inner_dry_run,
+                ..caller
+            };
             Ok(Incoming::Evict {
                 caller,
                 has_options,

@@ -85,14 +85,25 @@ fn an_eviction_parses_with_its_dry_run_flag() {
     assert!(caller.dry_run);
     assert!(!has_options);
     let mut r = eviction_request();
+    r["dryRun"] = json!(false);
     r["object"]["deleteOptions"] = json!({"gracePeriodSeconds": 3});
-    assert!(matches!(
-        parse(&review(r)).unwrap(),
-        Incoming::Evict {
-            has_options: true,
-            ..
-        }
-    ));
+    let Incoming::Evict {
+        caller,
+        has_options,
+    } = parse(&review(r.clone())).unwrap()
+    else {
+        panic!("expected an eviction")
+    };
+    assert!(has_options && !caller.dry_run);
+    // kubectl drain --dry-run=server: the dry-run is inside the Eviction.
+    r["object"]["deleteOptions"] = json!({"dryRun": ["All"]});
+    let Incoming::Evict { caller, .. } = parse(&review(r)).unwrap() else {
+        panic!("expected an eviction")
+    };
+    assert!(
+        caller.dry_run,
+        "a dry-run in the Eviction's deleteOptions is a dry-run"
+    );
 }
 
 #[test]
