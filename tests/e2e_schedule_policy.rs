@@ -1,0 +1,153 @@
+//! Only pod-graceful-drain starts or changes a drain: the chart's ValidatingAdmissionPolicy refuses
+//! everyone else the draining label with the installation's value and changes to a draining pod's
+//! schedule, on pods and on pods/status. Without it, anyone allowed to patch a pod (not to delete
+//! it) could label it draining with a delete-at in the past and have the leader delete it at once,
+//! with the product's rights.
+
+use std::process::Command;
+
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::PostParams;
+use kube::{Api, ResourceExt};
+use pgd_testbed::product::{Install, Options};
+use pgd_testbed::{TestEnv, kubectl};
+use pod_graceful_drain::schedule;
+use serde_json::json;
+
+/// `kubectl patch pod` (of the status subresource when asked) as `user`; its output.
+fn patch_as(
+    env: &TestEnv,
+    user: Option<&str>,
+    pod: &str,
+    status: bool,
+    patch: &serde_json::Value,
+) -> std::process::Output {
+    let mut cmd: Command = kubectl(env.target);
+    if let Some(u) = user {
+        cmd.arg(format!("--as={u}"));
+    }
+    cmd.args(["-n", &env.namespace, "patch", "pod", pod, "--type", "merge"]);
+    if status {
+        cmd.arg("--subresource=status");
+    }
+    cmd.arg("-p").arg(patch.to_string());
+    cmd.output().expect("kubectl runs")
+}
+
+fn refused_with(out: &std::process::Output, words: &str) -> bool {
+    !out.status.success() && String::from_utf8_lossy(&out.stderr).contains(words)
+}
+
+#[tokio::test]
+async fn only_pod_graceful_drain_may_mark_a_pod_draining_or_change_its_schedule()
+-> anyhow::Result<()> {
+    let env = TestEnv::new("sched-policy").await?;
+    let _install = Install::new(&env, Options::default()).await?;
+    let pods = env.serve_demo("web", 2, json!({})).await?;
+    let api: Api<Pod> = env.api();
+    let target = pods[0].name_any();
+    let instance = env.namespace.clone();
+
+    // A ServiceAccount that may patch pods (and their status) but not delete them.
+    let pp = PostParams::default();
+    env.api::<ServiceAccount>()
+        .create(
+            &pp,
+            &serde_json::from_value(json!({"metadata": {"name": "forger"}}))?,
+        )
+        .await?;
+    env.api::<Role>()
+        .create(
+            &pp,
+            &serde_json::from_value(json!({
+                "metadata": {"name": "patch-pods"},
+                "rules": [{"apiGroups": [""], "resources": ["pods", "pods/status"],
+                           "verbs": ["get", "list", "patch"]}]
+            }))?,
+        )
+        .await?;
+    env.api::<RoleBinding>()
+        .create(
+            &pp,
+            &serde_json::from_value(json!({
+                "metadata": {"name": "forger"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "patch-pods"},
+                "subjects": [{"kind": "ServiceAccount", "name": "forger", "namespace": env.namespace}]
+            }))?,
+        )
+        .await?;
+    let forger = format!("system:serviceaccount:{}:forger", env.namespace);
+
+    // Its rights are real: another label is patched.
+    let control = patch_as(
+        &env,
+        Some(&forger),
+        &target,
+        false,
+        &json!({"metadata": {"labels": {"example.com/touched": "yes"}}}),
+    );
+    assert!(
+        control.status.success(),
+        "the ServiceAccount cannot patch pods at all, the test would prove nothing: {}",
+        String::from_utf8_lossy(&control.stderr)
+    );
+
+    // The forgery: draining, due an hour ago.
+    let forged = json!({"metadata": {
+        "labels": {schedule::DRAINING_LABEL: instance},
+        "annotations": {schedule::STARTED_AT: "2026-01-01T00:00:00Z",
+                        schedule::DELETE_AT: "2026-01-01T00:00:01Z"}}});
+    for status in [false, true] {
+        let out = patch_as(&env, Some(&forger), &target, status, &forged);
+        assert!(
+            refused_with(&out, "only pod-graceful-drain may mark a pod as draining"),
+            "the forged drain was not refused (status subresource: {status}): {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let now = api.get(&target).await?;
+    assert!(!now.labels().contains_key(schedule::DRAINING_LABEL));
+    assert!(now.metadata.deletion_timestamp.is_none(), "the pod is gone");
+
+    // A real drain, then a person (cluster admin) tries to move its delete-at: refused.
+    let victim = pods[1].name_any();
+    api.evict(&victim, &Default::default()).await?;
+    let draining = api.get(&victim).await?;
+    assert_eq!(
+        draining.labels().get(schedule::DRAINING_LABEL),
+        Some(&instance)
+    );
+    let out = patch_as(
+        &env,
+        None,
+        &victim,
+        false,
+        &json!({"metadata": {"annotations": {schedule::DELETE_AT: "2026-01-01T00:00:01Z"}}}),
+    );
+    assert!(
+        refused_with(&out, "written by\npod-graceful-drain only")
+            || refused_with(&out, "written by pod-graceful-drain only"),
+        "a person re-stamped a draining pod's schedule: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        api.get(&victim).await?.annotations()[schedule::DELETE_AT],
+        draining.annotations()[schedule::DELETE_AT]
+    );
+    // Cancelling the drain (removing the label) stays possible.
+    let out = patch_as(
+        &env,
+        None,
+        &victim,
+        false,
+        &json!({"metadata": {"labels": {schedule::DRAINING_LABEL: null}}}),
+    );
+    assert!(
+        out.status.success(),
+        "removing the draining label was refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
