@@ -214,9 +214,10 @@ impl Admission {
                 }
             }
         }
-        // One request, at most one event, published before any hold.
+        // One request, at most one event, sent in the background: the answer does not wait.
         if let Some(n) = notice {
-            self.events.publish(&pod, n.warning, n.reason, n.note).await;
+            self.events
+                .publish_in_background(&pod, n.warning, n.reason, n.note);
         }
         drop(pod);
         match outcome {
