@@ -2,9 +2,13 @@
 //! them.
 //!
 //! Pure (no I/O, unit-tested): `selector`, `isolation`, `eviction`, `schedule`, `facts`,
-//! `decision`, `review`, `config`. Edges (Kubernetes and network): `cluster_view`, `pod_writes`,
-//! `budget_writes`, `events`, `admission`, `leader`, `deleter`, `tls`, `server`, `telemetry`.
-//! A request flows one way: HTTP → review → cluster_view → decision → pod_writes/events → answer.
+//! `decision`, `review`, `config`, `certs`, `client_auth` (who is calling: the API server's client
+//! certificate, or an unverified caller). Edges (Kubernetes and network): `cluster_view`,
+//! `pod_writes`, `budget_writes`, `events`, `cert_secret`, `admission`, `leader`, `deleter`,
+//! `uninstall`, `tls`, `server` (bounded accept loops), `telemetry`.
+//! A request flows one way: TLS (caller verified or not) → server caps → review (typed, bounded)
+//! → the pod re-read from the API → cluster_view → decision → budget/pod writes (a 409 re-reads
+//! and decides again) → one event in the background → answer (held, if asked, outside the cap).
 
 pub mod admission;
 pub mod budget_writes;
