@@ -125,11 +125,7 @@ fn untouched(before: &Pod, now: &Pod) -> bool {
 
 /// One replica's pod IP.
 async fn replica_ip(install: &Install) -> anyhow::Result<String> {
-    let replicas = install.replicas().await?;
-    Ok(replicas
-        .iter()
-        .find_map(|p| p.status.as_ref()?.pod_ip.clone())
-        .expect("a replica with an IP"))
+    Ok(install.replica_with_ip().await?.1)
 }
 
 /// An installation watching `env`'s namespace, with the demo app there (2 pods behind a Service).
@@ -175,11 +171,7 @@ async fn forged_eviction_outside_the_selection(mode: ClientAuth) -> anyhow::Resu
         now.labels(),
         now.annotations()
     );
-    let budget = pdbs.get("web").await?;
-    let disrupted = budget
-        .status
-        .and_then(|s| s.disrupted_pods)
-        .unwrap_or_default();
+    let disrupted = objects::disrupted_pods(&pdbs.get("web").await?);
     assert!(
         disrupted.is_empty(),
         "a forged eviction spent the budget: {disrupted:?}"
@@ -320,51 +312,32 @@ fn assert_refused_at_handshake(posted: &Posted) {
     }
 }
 
-#[tokio::test]
-async fn without_client_auth_a_forged_eviction_outside_the_selection_changes_nothing()
--> anyhow::Result<()> {
-    forged_eviction_outside_the_selection(ClientAuth::None).await
+/// Each forgery in each mode, as a table: `name: scenario(mode);`.
+macro_rules! forgeries {
+    ($($name:ident: $scenario:ident($mode:ident);)*) => {$(
+        #[tokio::test]
+        async fn $name() -> anyhow::Result<()> {
+            $scenario(ClientAuth::$mode).await
+        }
+    )*};
 }
 
-#[tokio::test]
-async fn without_client_auth_a_forged_grace_zero_delete_keeps_no_forged_options()
--> anyhow::Result<()> {
-    forged_grace_zero_delete(ClientAuth::None).await
-}
-
-#[tokio::test]
-async fn without_client_auth_a_forged_old_object_is_not_believed() -> anyhow::Result<()> {
-    forged_old_object(ClientAuth::None).await
-}
-
-#[tokio::test]
-async fn without_client_auth_a_forged_delete_outside_the_selection_changes_nothing()
--> anyhow::Result<()> {
-    forged_delete_outside_the_selection(ClientAuth::None).await
-}
-
-#[tokio::test]
-async fn with_client_auth_required_a_forged_eviction_outside_the_selection_is_refused_at_the_handshake()
--> anyhow::Result<()> {
-    forged_eviction_outside_the_selection(ClientAuth::Required).await
-}
-
-#[tokio::test]
-async fn with_client_auth_required_a_forged_grace_zero_delete_is_refused_at_the_handshake()
--> anyhow::Result<()> {
-    forged_grace_zero_delete(ClientAuth::Required).await
-}
-
-#[tokio::test]
-async fn with_client_auth_required_a_forged_old_object_is_refused_at_the_handshake()
--> anyhow::Result<()> {
-    forged_old_object(ClientAuth::Required).await
-}
-
-#[tokio::test]
-async fn with_client_auth_required_a_forged_delete_outside_the_selection_is_refused_at_the_handshake()
--> anyhow::Result<()> {
-    forged_delete_outside_the_selection(ClientAuth::Required).await
+forgeries! {
+    without_client_auth_a_forged_eviction_outside_the_selection_changes_nothing:
+        forged_eviction_outside_the_selection(None);
+    without_client_auth_a_forged_grace_zero_delete_keeps_no_forged_options:
+        forged_grace_zero_delete(None);
+    without_client_auth_a_forged_old_object_is_not_believed: forged_old_object(None);
+    without_client_auth_a_forged_delete_outside_the_selection_changes_nothing:
+        forged_delete_outside_the_selection(None);
+    with_client_auth_required_a_forged_eviction_outside_the_selection_is_refused_at_the_handshake:
+        forged_eviction_outside_the_selection(Required);
+    with_client_auth_required_a_forged_grace_zero_delete_is_refused_at_the_handshake:
+        forged_grace_zero_delete(Required);
+    with_client_auth_required_a_forged_old_object_is_refused_at_the_handshake:
+        forged_old_object(Required);
+    with_client_auth_required_a_forged_delete_outside_the_selection_is_refused_at_the_handshake:
+        forged_delete_outside_the_selection(Required);
 }
 
 /// The cluster CA signs every client of the testbed; the admin's certificate is as valid as the

@@ -124,16 +124,11 @@ async fn the_network_policy_lets_only_the_api_server_reach_the_webhook_and_the_n
         },
     )
     .await?;
-    let replica = install.replicas().await?.remove(0);
+    let (replica, ip) = install.replica_with_ip().await?;
     assert_eq!(
         replica.spec.as_ref().and_then(|s| s.node_name.as_deref()),
         Some(REPLICA_NODE)
     );
-    let ip = replica
-        .status
-        .as_ref()
-        .and_then(|s| s.pod_ip.clone())
-        .expect("replica IP");
     let urls = [
         format!("https://{ip}:9443/"),
         format!("http://{ip}:8081/healthz"),

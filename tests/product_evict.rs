@@ -268,11 +268,7 @@ async fn a_dry_run_inside_the_eviction_changes_nothing() -> anyhow::Result<()> {
     );
     assert_eq!(now.labels(), pods[0].labels());
     assert!(now.metadata.deletion_timestamp.is_none());
-    let budget = env.api::<PodDisruptionBudget>().get("web").await?;
-    let disrupted = budget
-        .status
-        .and_then(|s| s.disrupted_pods)
-        .unwrap_or_default();
+    let disrupted = objects::disrupted_pods(&env.api::<PodDisruptionBudget>().get("web").await?);
     assert!(
         disrupted.is_empty(),
         "a dry-run eviction spent the budget: {disrupted:?}"

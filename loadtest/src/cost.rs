@@ -229,6 +229,40 @@ async fn api_delete_latency(
     Ok((latency(&with), latency(&without)))
 }
 
+/// A TLS client configuration for talking to a replica directly: it trusts the installation's
+/// own CA (from its Secret) and presents the testbed PKI's client certificate `client`, if any.
+pub async fn replica_tls(
+    install: &Install,
+    client: Option<&str>,
+) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let secret: Secret = install.api().get(&format!("{}-tls", install.name)).await?;
+    let bundle = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("ca.crt"))
+        .map(|b| b.0.clone())
+        .unwrap_or_default();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&bundle) {
+        roots.add(cert?)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots);
+    Ok(match client {
+        None => builder.with_no_client_auth(),
+        Some(name) => {
+            let (crt, key) = pgd_testbed::testbed_client_cert(install.target(), name)?;
+            let certs = CertificateDer::pem_file_iter(&crt)?.collect::<Result<Vec<_>, _>>()?;
+            builder.with_client_auth_cert(certs, PrivateKeyDer::from_pem_file(&key)?)?
+        }
+    })
+}
+
 pub async fn run(
     seconds: u64,
     requests: usize,
@@ -246,43 +280,12 @@ pub async fn run(
         },
     )
     .await?;
-    let replica = install
-        .replicas()
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("no replica"))?;
-    let ip = replica
-        .status
-        .as_ref()
-        .and_then(|s| s.pod_ip.clone())
-        .ok_or_else(|| anyhow::anyhow!("no pod IP"))?;
+    let (replica, ip) = install.replica_with_ip().await?;
     let uid = replica.uid().unwrap_or_default();
-    let secret: Secret = install.api().get(&format!("{}-tls", install.name)).await?;
-    let bundle = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get("ca.crt"))
-        .map(|b| b.0.clone())
-        .unwrap_or_default();
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls::pki_types::pem::PemObject as _;
     // The benchmark stands in for the API server: it presents the API server's webhook client
     // certificate, so the measured cost includes client authentication (the installation runs
     // with clientAuth=required, as the tests do).
-    let (crt, key) = pgd_testbed::testbed_client_cert(env.target, "apiserver-webhook-client")?;
-    let client_certs =
-        rustls::pki_types::CertificateDer::pem_file_iter(&crt)?.collect::<Result<Vec<_>, _>>()?;
-    let client_key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key)?;
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&bundle) {
-        roots.add(cert?)?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_client_auth_cert(client_certs, client_key)?;
+    let config = replica_tls(&install, Some("apiserver-webhook-client")).await?;
     let connector = TlsConnector::from(Arc::new(config));
     let host = format!("{}.{}.svc", install.name, install.namespace);
     let addr = format!("{ip}:9443");

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::DeleteParams;
 use kube::{Api, ResourceExt};
 use pgd_testbed::TestEnv;
@@ -1274,17 +1274,7 @@ pub async fn run(cfg: &FloodConfig) -> anyhow::Result<FloodReport> {
         },
     )
     .await?;
-    let replica = install
-        .replicas()
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("no replica"))?;
-    let ip = replica
-        .status
-        .as_ref()
-        .and_then(|s| s.pod_ip.clone())
-        .ok_or_else(|| anyhow::anyhow!("no pod IP"))?;
+    let (replica, ip) = install.replica_with_ip().await?;
     let memory_limit = replica
         .spec
         .as_ref()
@@ -1300,25 +1290,8 @@ pub async fn run(cfg: &FloodConfig) -> anyhow::Result<FloodReport> {
         .and_then(|w| w.into_iter().next()?.timeout_seconds)
         .unwrap_or(10) as u64;
 
-    let secret: Secret = install.api().get(&format!("{}-tls", install.name)).await?;
-    let bundle = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get("ca.crt"))
-        .map(|b| b.0.clone())
-        .unwrap_or_default();
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls::pki_types::pem::PemObject as _;
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&bundle) {
-        roots.add(cert?)?;
-    }
     // No client certificate: anyone who can reach the port.
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = crate::cost::replica_tls(&install, None).await?;
     let host = format!("{}.{}.svc", install.name, install.namespace);
     let ep = Endpoint {
         addr: format!("{ip}:9443"),

@@ -84,3 +84,14 @@ pub fn demo_pod(name: &str, labels: Value) -> Pod {
     }))
     .expect("demo pod manifest")
 }
+
+/// The pods a budget's status records as disrupted (spent and not yet seen gone); empty when it
+/// records none.
+pub fn disrupted_pods(budget: &PodDisruptionBudget) -> Vec<String> {
+    budget
+        .status
+        .as_ref()
+        .and_then(|s| s.disrupted_pods.as_ref())
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}

@@ -226,6 +226,23 @@ impl Install {
             .collect())
     }
 
+    /// The cluster it is installed on.
+    pub fn target(&self) -> &'static Target {
+        self.target
+    }
+
+    /// A running replica and its pod IP (to talk to it directly, past its Service).
+    pub async fn replica_with_ip(&self) -> Result<(Pod, String)> {
+        self.replicas()
+            .await?
+            .into_iter()
+            .find_map(|p| {
+                let ip = p.status.as_ref()?.pod_ip.clone()?;
+                Some((p, ip))
+            })
+            .ok_or_else(|| Error::Unexpected("no replica with a pod IP".into()))
+    }
+
     /// Kills the replica that holds the Lease (waiting up to 30 s for one to), the hard way:
     /// grace period 0, so it neither handles SIGTERM nor releases the Lease. Returns its name.
     pub async fn kill_leader(&self) -> Result<String> {
