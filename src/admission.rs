@@ -74,6 +74,29 @@ impl Slot {
     }
 }
 
+/// What a pod could need of us, seen without an API call.
+struct Glance {
+    /// Running, ready and not terminating.
+    serving: bool,
+    /// Carries the draining label (its answer is repeated; it may be held).
+    draining: bool,
+    /// The Services that select it (only looked up when serving).
+    services: Vec<(String, crate::selector::Selector)>,
+}
+
+impl Glance {
+    /// Worth reading the stored pod: it may be drained or already drains. Anything else is
+    /// answered without an API call.
+    fn may_need_us(&self) -> bool {
+        self.draining || !self.services.is_empty()
+    }
+    /// Worth reading what surrounds it (its namespace, controller, budgets): only a serving pod
+    /// can be drained, and only a serving draining pod's namespace can change its answer.
+    fn worth_facts(&self) -> bool {
+        self.serving && self.may_need_us()
+    }
+}
+
 /// The one event a request publishes (whatever number of attempts it took).
 struct Notice {
     warning: bool,
@@ -159,7 +182,7 @@ impl Admission {
         // The DELETE's oldObject is only a hint of whether the pod may need us: anyone able to
         // reach the port could have written it. The decision is made on the pod as stored.
         if let Some(hint) = &hint
-            && !self.may_need_us(hint)
+            && !self.glance(hint).may_need_us()
         {
             return Ok(Reply::Allow);
         }
@@ -175,75 +198,73 @@ impl Admission {
             return Ok(Reply::Allow);
         }
         drop(hint);
-        // Once this request has recorded a disruption in a budget it must not end in "allow" with
-        // the pod not isolated: the real eviction would then spend the budget a second time.
-        let mut recorded = false;
         let mut notice = None;
-        let mut outcome = None;
-        for _ in 0..ATTEMPTS {
-            let step = match self
-                .attempt(&request, &pod, &mut recorded, &mut notice)
-                .await
-            {
-                Err(e) if recorded => {
-                    tracing::warn!(error = %e, pod = %caller.name, "isolating after recording the disruption failed; asking the caller to retry");
-                    outcome = Some(Ok(Finish::Now(too_many())));
-                    break;
-                }
-                Err(e) => {
-                    outcome = Some(Err(e));
-                    break;
-                }
-                Ok(step) => step,
-            };
-            match step {
-                Step::Answer(answer, delete_at) => {
-                    outcome = Some(Ok(Finish::Answer(answer, delete_at)));
-                    break;
-                }
-                Step::Reread => match self.view.pod(&caller.namespace, &caller.name).await? {
-                    Some(p) => pod = p,
-                    None => {
-                        outcome = Some(Ok(Finish::Now(Reply::Allow)));
-                        break;
-                    }
-                },
-                Step::Pass => {
-                    outcome = Some(Ok(Finish::Now(Reply::Allow)));
-                    break;
-                }
-            }
-        }
+        let settled = self.settle(&request, caller, &mut pod, &mut notice).await;
         // One request, at most one event, sent in the background: the answer does not wait.
         if let Some(n) = notice {
             self.events
                 .publish_in_background(&pod, n.warning, n.reason, n.note);
         }
         drop(pod);
-        match outcome {
-            Some(Ok(Finish::Answer(answer, delete_at))) => Ok(self
+        match settled? {
+            Finish::Answer(answer, delete_at) => Ok(self
                 .finish(answer, delete_at, eviction_has_options, slot)
                 .await),
-            Some(Ok(Finish::Now(reply))) => Ok(reply),
-            Some(Err(e)) => Err(e),
-            None if recorded => {
-                tracing::warn!(pod = %caller.name, "pod kept changing under us after recording the disruption; asking the caller to retry");
-                Ok(too_many())
-            }
-            None => {
-                tracing::warn!(pod = %caller.name, "pod kept changing under us; letting the request through");
-                Ok(Reply::Allow)
-            }
+            Finish::Now(reply) => Ok(reply),
         }
     }
 
-    /// Whether a pod like this could need anything of us (costs no API call): serving, or
-    /// carrying our draining label, and selected by a Service from the cache or ours.
-    fn may_need_us(&self, pod: &Pod) -> bool {
+    /// Decides and acts, re-reading the pod after each conflicting write, until the answer is
+    /// known. `notice` holds the event of the last attempt.
+    async fn settle(
+        &self,
+        request: &Request<'_>,
+        caller: &review::Caller,
+        pod: &mut Pod,
+        notice: &mut Option<Notice>,
+    ) -> Result<Finish, AdmissionError> {
+        // Once this request has recorded a disruption in a budget it must not end in "allow" with
+        // the pod not isolated: the real eviction would then spend the budget a second time.
+        let mut recorded = false;
+        for _ in 0..ATTEMPTS {
+            let step = match self.attempt(request, pod, &mut recorded, notice).await {
+                Err(e) if recorded => {
+                    tracing::warn!(error = %e, pod = %caller.name, "isolating after recording the disruption failed; asking the caller to retry");
+                    return Ok(Finish::Now(too_many()));
+                }
+                other => other?,
+            };
+            match step {
+                Step::Answer(answer, delete_at) => return Ok(Finish::Answer(answer, delete_at)),
+                Step::Reread => match self.view.pod(&caller.namespace, &caller.name).await? {
+                    Some(p) => *pod = p,
+                    None => return Ok(Finish::Now(Reply::Allow)),
+                },
+                Step::Pass => return Ok(Finish::Now(Reply::Allow)),
+            }
+        }
+        if recorded {
+            tracing::warn!(pod = %caller.name, "pod kept changing under us after recording the disruption; asking the caller to retry");
+            return Ok(Finish::Now(too_many()));
+        }
+        tracing::warn!(pod = %caller.name, "pod kept changing under us; letting the request through");
+        Ok(Finish::Now(Reply::Allow))
+    }
+
+    /// What the pod could need of us, from the pod alone and the Service cache (no API call).
+    fn glance(&self, pod: &Pod) -> Glance {
         let (phase, ready, terminating) = facts::pod_state(pod);
-        let ours = pod.labels().contains_key(crate::schedule::DRAINING_LABEL);
-        let maybe_serving = ready && !terminating && phase == Some("Running");
-        ours || (maybe_serving && !self.view.selecting_services(pod).is_empty())
+        let serving = ready && !terminating && phase == Some("Running");
+        Glance {
+            serving,
+            draining: pod.labels().contains_key(crate::schedule::DRAINING_LABEL),
+            // Scanned once per look, and only for a pod that could be serving.
+            services: if serving {
+                self.view.selecting_services(pod)
+            } else {
+                Vec::new()
+            },
+        }
     }
 
     async fn attempt(
@@ -261,27 +282,16 @@ impl Admission {
         let labels = pod.labels();
         let annotations = pod.annotations();
         let own = labels.get(OWN_POD_LABEL.0).map(String::as_str) == Some(OWN_POD_LABEL.1);
-        // Only pods that could be drained cost API calls: a pod no Service selects (from the
-        // cache, scanned once) and that carries nothing of ours is answered without any.
-        let ours = labels.contains_key(crate::schedule::DRAINING_LABEL)
-            || annotations
-                .keys()
-                .any(|k| k.starts_with(crate::schedule::PREFIX));
-        let maybe_serving = !request.dry_run && ready && !terminating && phase == Some("Running");
-        let services = if maybe_serving {
-            self.view.selecting_services(pod)
-        } else {
-            Vec::new()
-        };
-        let draining = labels.contains_key(crate::schedule::DRAINING_LABEL);
-        let (surroundings, namespace) = if maybe_serving && (ours || !services.is_empty()) {
+        // Only pods that could be drained cost API calls.
+        let glance = self.glance(pod);
+        let (surroundings, namespace) = if glance.worth_facts() {
             (
                 // A pod already draining gets its first answer again: what selects it is not
                 // read (one API call fewer for every repeated request).
-                if draining {
+                if glance.draining {
                     None
                 } else {
-                    Some(self.view.surroundings(pod, services).await?)
+                    Some(self.view.surroundings(pod, glance.services).await?)
                 },
                 Some(
                     self.view

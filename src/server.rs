@@ -244,7 +244,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 struct Shared {
     limits: Limits,
     requests: Arc<Semaphore>,
-    bodies: Arc<Semaphore>,
+    /// Handed to every request, for reading its body.
+    body: BodyLimits,
     refusals: Arc<Refusals>,
 }
 
@@ -262,7 +263,7 @@ async fn serve_connection<S>(
     let Shared {
         limits,
         requests,
-        bodies,
+        body,
         refusals,
     } = shared;
     let activity = Activity::new();
@@ -273,21 +274,16 @@ async fn serve_connection<S>(
     let (service_activity, service_refusals) = (activity.clone(), refusals.clone());
     let service =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            let (router, activity, requests, refusals, bodies) = (
+            let (router, activity, requests, refusals) = (
                 router.clone(),
                 service_activity.clone(),
                 requests.clone(),
                 service_refusals.clone(),
-                bodies.clone(),
             );
             if let Some(c) = &caller {
                 req.extensions_mut().insert(c.clone());
             }
-            req.extensions_mut().insert(BodyLimits {
-                timeout: limits.body_timeout,
-                budget: bodies,
-                refusals: refusals.clone(),
-            });
+            req.extensions_mut().insert(body.clone());
             async move {
                 activity.begin();
                 let response = match requests.try_acquire_owned() {
@@ -454,7 +450,8 @@ async fn review(
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    // The bytes go back to the budget once the body is parsed (serve drops it then).
+    // The bytes go back to the budget now: serve parses them before its first await and drops
+    // them then, so they are not held while it waits on the API or a hold.
     drop(budget);
     let started = Instant::now();
     let answer = admission.serve(body, &caller, slot).await;
@@ -556,7 +553,11 @@ async fn accept_loop<F, Fut>(
     let shared = Shared {
         limits,
         requests: Arc::new(Semaphore::new(limits.max_requests)),
-        bodies: Arc::new(Semaphore::new(limits.body_budget)),
+        body: BodyLimits {
+            timeout: limits.body_timeout,
+            budget: Arc::new(Semaphore::new(limits.body_budget)),
+            refusals: refusals.clone(),
+        },
         refusals: refusals.clone(),
     };
     let sources = Sources::default();

@@ -186,8 +186,8 @@ pub struct ClientAuthConfig {
 pub struct ServerTls {
     cert: Arc<ReloadingCert>,
     auth: ClientAuthConfig,
-    current: RwLock<Arc<ServerConfig>>,
-    ca_loaded: RwLock<Vec<u8>>,
+    /// The configuration, and the client CA file's bytes it was built from.
+    current: RwLock<(Arc<ServerConfig>, Vec<u8>)>,
 }
 
 impl ServerTls {
@@ -196,12 +196,12 @@ impl ServerTls {
         cert: Arc<ReloadingCert>,
         auth: ClientAuthConfig,
     ) -> Result<Arc<ServerTls>, TlsError> {
-        let (config, ca) = build(&cert, &auth)?;
+        let ca = read_ca(&auth)?;
+        let config = build(&cert, &auth, &ca)?;
         Ok(Arc::new(ServerTls {
             cert,
             auth,
-            current: RwLock::new(Arc::new(config)),
-            ca_loaded: RwLock::new(ca),
+            current: RwLock::new((Arc::new(config), ca)),
         }))
     }
 
@@ -218,6 +218,7 @@ impl ServerTls {
         self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .0
             .clone()
     }
 
@@ -228,12 +229,11 @@ impl ServerTls {
             return Ok(false);
         }
         let pem = read(&self.auth.ca_file)?;
-        if *self.ca_loaded.read().unwrap_or_else(|e| e.into_inner()) == pem {
+        if self.current.read().unwrap_or_else(|e| e.into_inner()).1 == pem {
             return Ok(false);
         }
-        let (config, ca) = build(&self.cert, &self.auth)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
-        *self.ca_loaded.write().unwrap_or_else(|e| e.into_inner()) = ca;
+        let config = build(&self.cert, &self.auth, &pem)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = (Arc::new(config), pem);
         Ok(true)
     }
 
@@ -260,21 +260,30 @@ impl ServerTls {
     }
 }
 
+/// The client CA file's bytes (none in mode `none`, where it is not read).
+fn read_ca(auth: &ClientAuthConfig) -> Result<Vec<u8>, TlsError> {
+    match auth.mode {
+        Mode::None => Ok(Vec::new()),
+        Mode::Optional | Mode::Required => read(&auth.ca_file),
+    }
+}
+
+/// The server configuration for `auth`, its verifier built from `ca_pem`.
 fn build(
     cert: &Arc<ReloadingCert>,
     auth: &ClientAuthConfig,
-) -> Result<(ServerConfig, Vec<u8>), TlsError> {
+    ca_pem: &[u8],
+) -> Result<ServerConfig, TlsError> {
     if auth.mode == Mode::None {
-        return Ok((cert.server_config_with(None)?, Vec::new()));
+        return cert.server_config_with(None);
     }
-    let pem = read(&auth.ca_file)?;
     let verifier =
-        client_auth::Verifier::new(auth.mode, &pem, auth.allowed.clone(), cert.provider())
+        client_auth::Verifier::new(auth.mode, ca_pem, auth.allowed.clone(), cert.provider())
             .map_err(|e| TlsError::ClientCa {
                 path: auth.ca_file.clone(),
                 reason: e.to_string(),
             })?;
-    Ok((cert.server_config_with(Some(verifier))?, pem))
+    cert.server_config_with(Some(verifier))
 }
 
 impl ResolvesServerCert for ReloadingCert {
