@@ -25,6 +25,8 @@ use crate::facts;
 use crate::isolation::Selecting;
 use crate::pod_writes::{self, Outcome, Version};
 use crate::review::{self, BadReview, Incoming, Reply};
+use crate::seal::{self, Mark, Unsealed};
+use crate::seal_keys::SealKeys;
 
 /// Label that marks the product's own pods (never drained).
 pub const OWN_POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "pod-graceful-drain");
@@ -44,6 +46,8 @@ pub struct Admission {
     pub field_manager: String,
     /// This installation's name, the draining label's value.
     pub instance: String,
+    /// The keys that seal schedules (and tell ours from forgeries).
+    pub keys: SealKeys,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +56,8 @@ pub enum AdmissionError {
     Bad(#[from] BadReview),
     #[error("Kubernetes API: {0}")]
     Api(#[from] kube::Error),
+    #[error("the seal keys are not known yet")]
+    NoKeys,
 }
 
 /// The HTTP answer: status and body.
@@ -60,17 +66,37 @@ pub struct HttpAnswer {
     pub body: Vec<u8>,
 }
 
-/// A request's place under the server's cap on requests being worked on; released once the
-/// answer is known, before any hold.
-#[derive(Clone, Default)]
-pub struct Slot(Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>);
+/// A request's place under the server's cap on requests being worked on (released once the
+/// answer is known, before any hold), and when it arrived: every answer is due within the hold
+/// budget of that moment, however long the API took.
+#[derive(Clone)]
+pub struct Slot {
+    permit: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
+    arrived: tokio::time::Instant,
+}
+
+impl Default for Slot {
+    fn default() -> Slot {
+        Slot {
+            permit: Default::default(),
+            arrived: tokio::time::Instant::now(),
+        }
+    }
+}
 
 impl Slot {
+    /// A slot for a request whose headers arrived just now.
     pub fn new(permit: OwnedSemaphorePermit) -> Slot {
-        Slot(Arc::new(std::sync::Mutex::new(Some(permit))))
+        Slot {
+            permit: Arc::new(std::sync::Mutex::new(Some(permit))),
+            arrived: tokio::time::Instant::now(),
+        }
     }
     pub fn release(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.permit.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+    pub fn arrived(&self) -> tokio::time::Instant {
+        self.arrived
     }
 }
 
@@ -135,9 +161,22 @@ impl Admission {
         } else {
             Origin::Unverified
         };
-        let reply = match self.handle(incoming, origin, slot).await {
-            Ok(reply) => reply,
-            Err(e) => {
+        // The answer is due within the hold budget of the request's arrival, below the webhook's
+        // timeout: past it the API server would go ahead without us (failurePolicy Ignore) and
+        // a DELETE would take the pod at once. Slow API calls shorten the hold, never extend it.
+        let due = slot.arrived() + self.policy.hold_budget;
+        let reply = match tokio::time::timeout_at(due, self.handle(incoming, origin, slot, due))
+            .await
+        {
+            Err(_) => {
+                tracing::warn!(
+                    uid,
+                    "no answer within the hold budget of the request's arrival (slow API?); letting the request through"
+                );
+                Reply::Allow
+            }
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => {
                 // The webhook is failurePolicy Ignore: an error lets the request through, which
                 // is also what we answer, so a broken API connection never blocks deletions.
                 tracing::error!(error = %e, uid, "could not process; letting the request through");
@@ -155,6 +194,7 @@ impl Admission {
         incoming: Incoming,
         origin: Origin,
         slot: Slot,
+        due: tokio::time::Instant,
     ) -> Result<Reply, AdmissionError> {
         let (caller, operation, hint, eviction_has_options) = match incoming {
             Incoming::Delete {
@@ -208,7 +248,7 @@ impl Admission {
         drop(pod);
         match settled? {
             Finish::Answer(answer, delete_at) => Ok(self
-                .finish(answer, delete_at, eviction_has_options, slot)
+                .finish(answer, delete_at, eviction_has_options, slot, due)
                 .await),
             Finish::Now(reply) => Ok(reply),
         }
@@ -282,13 +322,20 @@ impl Admission {
         let labels = pod.labels();
         let annotations = pod.annotations();
         let own = labels.get(OWN_POD_LABEL.0).map(String::as_str) == Some(OWN_POD_LABEL.1);
+        let keys = self.keys.get().ok_or(AdmissionError::NoKeys)?;
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let mark = seal::mark(&keys, &self.instance, uid, labels, annotations, now);
+        if let Mark::Forged(Unsealed::UnknownKey(_)) = &mark {
+            self.keys.reread_soon();
+        }
         // Only pods that could be drained cost API calls.
         let glance = self.glance(pod);
         let (surroundings, namespace) = if glance.worth_facts() {
             (
                 // A pod already draining gets its first answer again: what selects it is not
-                // read (one API call fewer for every repeated request).
-                if glance.draining {
+                // read (one API call fewer for every repeated request). A label without our seal
+                // is no drain: that pod is judged afresh.
+                if matches!(mark, Mark::Sealed(_) | Mark::Adopted) {
                     None
                 } else {
                     Some(self.view.surroundings(pod, glance.services).await?)
@@ -345,6 +392,7 @@ impl Admission {
             // Unread only for a pod that cannot be drained now (the decision passes it or, for
             // one already draining, repeats its answer without a write).
             namespace_selected: namespace.is_none_or(|n| n.selected),
+            mark: &mark,
         };
         match decision::decide(&self.policy, request, &view, &facts, now) {
             Decision::Pass { reason, warning } => {
@@ -368,6 +416,14 @@ impl Admission {
                     }),
                     _ => None,
                 };
+                if let Mark::Forged(why) = &mark {
+                    tracing::warn!(pod = %name, namespace = %ns, %why, "draining label without our seal: not a drain");
+                    *notice = Some(Notice {
+                        warning: true,
+                        reason: "DrainScheduleForged",
+                        note: forged_note(&self.instance, why),
+                    });
+                }
                 if !matches!(reason, PassReason::DryRun | PassReason::NotExposed) {
                     tracing::debug!(pod = %name, ?reason, "passing through");
                 }
@@ -380,6 +436,10 @@ impl Admission {
                 answer,
                 warnings,
             } => {
+                let mut warnings = warnings;
+                if let Mark::Forged(why) = &mark {
+                    warnings.push(forged_note(&self.instance, why));
+                }
                 if !warnings.is_empty() {
                     *notice = Some(Notice {
                         warning: true,
@@ -402,6 +462,7 @@ impl Admission {
                         return Ok(Step::Pass);
                     };
                     let api: Api<Pod> = Api::namespaced(self.view.client().clone(), &ns);
+                    let sealed = keys.seal(&version.uid, &self.instance, &plan.schedule, now);
                     match pod_writes::isolate(
                         &api,
                         &name,
@@ -409,6 +470,7 @@ impl Admission {
                         &plan,
                         &self.field_manager,
                         &self.instance,
+                        &sealed,
                     )
                     .await?
                     {
@@ -446,6 +508,7 @@ impl Admission {
         delete_at: Timestamp,
         has_options: bool,
         slot: Slot,
+        due: tokio::time::Instant,
     ) -> Reply {
         let held = matches!(
             answer,
@@ -483,16 +546,36 @@ impl Admission {
                 eviction_has_options: has_options,
             },
             Answer::HoldThenAllow { until } => {
-                hold_until(until).await;
-                Reply::Allow
+                if hold_until(until, due).await {
+                    return Reply::Allow;
+                }
+                // The API was slow: the hold ran into the request's own deadline first.
+                tracing::info!(%delete_at, "held request answered at the deadline of its arrival");
+                match self.policy.long_drain {
+                    LongDrain::Allow => Reply::Allow,
+                    LongDrain::Deny => Reply::Deny {
+                        code: 403,
+                        message: format!(
+                            "the pod is draining and will be deleted at {delete_at}; this request could not wait that long (nothing more to do: it will be deleted on time)"
+                        ),
+                    },
+                }
             }
             Answer::HoldThenDeny { until, message } => {
-                hold_until(until).await;
+                hold_until(until, due).await;
                 tracing::info!(%delete_at, "held request answered at its deadline");
                 Reply::Deny { code: 403, message }
             }
         }
     }
+}
+
+/// The Warning about a draining label that carries no seal of ours.
+pub fn forged_note(instance: &str, why: &Unsealed) -> String {
+    format!(
+        "Labelled {}={instance}, but {why}: not a drain of pod-graceful-drain, nothing is deleted on its account (the pod is judged as any other)",
+        crate::schedule::DRAINING_LABEL
+    )
 }
 
 /// How a request ends once its attempts are over.
@@ -518,9 +601,12 @@ enum Step {
     Pass,
 }
 
-async fn hold_until(until: Timestamp) {
+/// Holds until `until` or the request's `due` instant, whichever is first; whether `until` was
+/// reached.
+async fn hold_until(until: Timestamp, due: tokio::time::Instant) -> bool {
     let wait = until.duration_since(Timestamp::now());
-    if wait.is_positive() {
-        tokio::time::sleep(Duration::try_from(wait).unwrap_or_default()).await;
-    }
+    let wait = Duration::try_from(wait).unwrap_or_default();
+    let end = tokio::time::Instant::now() + wait;
+    tokio::time::sleep_until(end.min(due)).await;
+    end <= due
 }

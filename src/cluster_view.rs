@@ -1,7 +1,9 @@
-//! What the webhook knows of the cluster beyond the request: Services and PodDisruptionBudgets
-//! from watch caches (selectors and status only: managed fields and everything else that is not
-//! read are dropped), the rest (the pod of an eviction, its controller, its namespace) read on
-//! demand, since only requests for pods that serve traffic need them.
+//! What the webhook knows of the cluster beyond the request: Services from a watch cache
+//! (selectors only: managed fields and everything else that is not read are dropped), the rest
+//! (the pod, its controller, its namespace, its PodDisruptionBudgets) read on demand, since only
+//! requests for pods that serve traffic need them. Budgets are read live on purpose: an eviction
+//! we turn into a dry-run is never checked against them by the API server, so a budget created a
+//! moment ago, or a cache that lags, must not let through an eviction the API would refuse.
 
 use std::sync::Arc;
 
@@ -30,7 +32,6 @@ pub struct NamespaceFacts {
 pub struct ClusterView {
     client: Client,
     services: Store<Service>,
-    budgets: Store<PodDisruptionBudget>,
 }
 
 /// Selectors and budgets that concern one pod, owned so that the decision can borrow them.
@@ -57,30 +58,12 @@ impl ClusterView {
         .reflect(writer)
         .for_each(|_| futures::future::ready(()));
         tokio::spawn(stream);
-        let (budgets, writer) = reflector::store();
-        let stream = watcher(
-            Api::<PodDisruptionBudget>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .modify(|p: &mut PodDisruptionBudget| {
-            p.managed_fields_mut().clear();
-            p.annotations_mut().clear();
-        })
-        .reflect(writer)
-        .for_each(|_| futures::future::ready(()));
-        tokio::spawn(stream);
-        ClusterView {
-            client,
-            services,
-            budgets,
-        }
+        ClusterView { client, services }
     }
 
-    /// Waits until both caches hold a complete first listing.
+    /// Waits until the cache holds a complete first listing.
     pub async fn ready(&self) {
         let _ = self.services.wait_until_ready().await;
-        let _ = self.budgets.wait_until_ready().await;
     }
 
     pub fn client(&self) -> &Client {
@@ -89,36 +72,63 @@ impl ClusterView {
 
     /// Services of the pod's namespace whose selector matches the pod now.
     pub fn selecting_services(&self, pod: &Pod) -> Vec<(String, Selector)> {
-        let ns = pod.namespace().unwrap_or_default();
-        let labels = pod.labels();
+        self.services_selecting(&pod.namespace().unwrap_or_default(), pod.labels())
+            .into_iter()
+            .map(|(name, sel)| (format!("Service {name}"), sel))
+            .collect()
+    }
+
+    /// Names and selectors of the Services of `ns` whose selector matches `labels`.
+    pub fn services_selecting(
+        &self,
+        ns: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Vec<(String, Selector)> {
         self.services
             .state()
             .iter()
-            .filter(|s| s.namespace().as_deref() == Some(ns.as_str()))
-            .filter_map(|s| {
-                Some((
-                    format!("Service {}", s.name_any()),
-                    facts::service_selector(s)?,
-                ))
-            })
+            .filter(|s| s.namespace().as_deref() == Some(ns))
+            .filter_map(|s| Some((s.name_any(), facts::service_selector(s)?)))
             .filter(|(_, sel)| sel.matches(labels))
             .collect()
     }
 
-    /// Budgets of the pod's namespace whose selector matches the pod now.
-    pub fn selecting_budgets(&self, pod: &Pod) -> Vec<(String, Selector, Budget)> {
-        let ns = pod.namespace().unwrap_or_default();
-        let labels = pod.labels();
-        self.budgets
+    /// The Services of `ns` whose EndpointSlices may list a pod that had `labels`: those whose
+    /// selector matches them, and those without a selector (their slices are kept by hand or by
+    /// another controller, and may list any pod).
+    pub fn slice_owners(
+        &self,
+        ns: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Vec<String> {
+        self.services
             .state()
             .iter()
-            .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
+            .filter(|s| s.namespace().as_deref() == Some(ns))
+            .filter(|s| facts::service_selector(s).is_none_or(|sel| sel.matches(labels)))
+            .map(|s| s.name_any())
+            .collect()
+    }
+
+    /// Budgets of the pod's namespace whose selector matches the pod now, listed live.
+    pub async fn selecting_budgets(
+        &self,
+        pod: &Pod,
+    ) -> Result<Vec<(String, Selector, Budget)>, kube::Error> {
+        let ns = pod.namespace().unwrap_or_default();
+        let labels = pod.labels();
+        let listed = Api::<PodDisruptionBudget>::namespaced(self.client.clone(), &ns)
+            .list(&kube::api::ListParams::default())
+            .await?;
+        Ok(listed
+            .items
+            .iter()
             .filter_map(|p| {
                 let (sel, budget) = facts::budget(p)?;
                 Some((format!("PodDisruptionBudget {}", p.name_any()), sel, budget))
             })
             .filter(|(_, sel, _)| sel.matches(labels))
-            .collect()
+            .collect())
     }
 
     /// The selector of the pod's controller (ReplicaSet, StatefulSet, DaemonSet, Job), read now.
@@ -166,7 +176,7 @@ impl ClusterView {
         Ok(PodSurroundings {
             services,
             controller: self.controller(pod).await?,
-            budgets: self.selecting_budgets(pod),
+            budgets: self.selecting_budgets(pod).await?,
         })
     }
 

@@ -154,6 +154,22 @@ pub struct Args {
     /// Longest the deleter waits, past delete-at, for a pod to leave every EndpointSlice.
     #[arg(long, env = "PGD_ENDPOINT_WAIT_MAX_SECONDS", default_value_t = 60)]
     pub endpoint_wait_max_seconds: u64,
+    /// The Secret of our namespace that holds the keys sealing drain schedules (created empty by
+    /// the chart; filled and rotated by the replicas).
+    #[arg(
+        long,
+        env = "PGD_SEAL_SECRET",
+        default_value = "pod-graceful-drain-seal"
+    )]
+    pub seal_secret: String,
+    /// A new seal key is made when the newest is this old (older keys still verify until no
+    /// drain can be using them).
+    #[arg(long, env = "PGD_SEAL_ROTATION_SECONDS", default_value_t = 30 * 24 * 3600)]
+    pub seal_rotation_seconds: u64,
+    /// When the first seal key is made (an upgrade from a version before seals), drains without
+    /// a seal are adopted for this long; 0: never (a fresh install).
+    #[arg(long, env = "PGD_SEAL_ADOPT_UNSEALED_SECONDS", default_value_t = 0)]
+    pub seal_adopt_unsealed_seconds: u64,
     /// Log format.
     #[arg(long, env = "PGD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -1,14 +1,17 @@
 //! The leader's deleter: watches draining pods (metadata only, by the draining label) and deletes
-//! each at its delete-at, with the saved delete options and uid + resourceVersion preconditions.
-//! Every pass re-reads the pod before acting; 404 and 409 are not errors (gone, or changed: look
-//! again next pass). A pod still listed as ready in an EndpointSlice waits, up to a maximum.
-//! Nothing is kept but what the annotations say, so a new leader carries on where the last stopped.
+//! each at its sealed delete-at, with the sealed delete options and uid + resourceVersion
+//! preconditions. What to do with a pod is decided by `deletion::next` (pure); this file gathers
+//! the facts it asks for and acts. Every pass re-reads the pod before acting; 404 and 409 are not
+//! errors (gone, or changed: look again next pass). Due pods are handled concurrently (bounded),
+//! every API call with a timeout. Nothing is kept but what the annotations say (and which
+//! warnings were already given), so a new leader carries on where the last stopped.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::ListParams;
@@ -18,23 +21,80 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 
+use crate::cluster_view::ClusterView;
+use crate::decision::Policy;
+use crate::deletion::{self, Step, Withheld};
 use crate::events::Events;
 use crate::leader::Leadership;
 use crate::pod_writes::{self, Outcome, Version};
-use crate::schedule::{self, DRAINING_LABEL, DrainBounds, Reading};
+use crate::schedule::{DRAINING_LABEL, OPT_OUT, Schedule};
+use crate::seal::{self, KeySet, Mark, Unsealed};
+use crate::seal_keys::SealKeys;
 
 /// How often due pods are looked for: deletes happen within this of their delete-at.
 pub const TICK: Duration = Duration::from_millis(250);
+/// Due pods handled at once.
+pub const CONCURRENCY: usize = 32;
+/// Longest any one API call of the deleter may take before it is given up (and retried next
+/// pass).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeleterError {
+    #[error("Kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+    #[error("an API call took longer than {CALL_TIMEOUT:?}")]
+    Timeout,
+}
+
+/// An API call, bounded in time.
+async fn call<T>(
+    f: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, DeleterError> {
+    tokio::time::timeout(CALL_TIMEOUT, f)
+        .await
+        .map_err(|_| DeleterError::Timeout)?
+        .map_err(DeleterError::Api)
+}
 
 pub struct Deleter {
     pub client: Client,
     pub leadership: Leadership,
     pub events: Events,
-    pub bounds: DrainBounds,
+    /// The exclusions, opt-out and bounds are judged again before deleting.
+    pub policy: Policy,
     pub endpoint_wait_max: Duration,
     pub field_manager: String,
     /// Only pods drained by this installation (draining label value) are deleted here.
     pub instance: String,
+    pub keys: SealKeys,
+    /// The Service cache: which Services' EndpointSlices to ask about a due pod.
+    pub view: ClusterView,
+}
+
+/// Warnings given once per pod (by uid) and kind, for as long as the pod is watched.
+#[derive(Default)]
+struct Announced(Mutex<HashSet<(String, &'static str)>>);
+
+impl Announced {
+    fn first(&self, uid: &str, kind: &'static str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((uid.to_string(), kind))
+    }
+    fn given(&self, uid: &str, kind: &'static str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&(uid.to_string(), kind))
+    }
+    fn keep_only(&self, uids: &HashSet<String>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(u, _)| uids.contains(u));
+    }
 }
 
 impl Deleter {
@@ -49,7 +109,9 @@ impl Deleter {
             .reflect(writer)
             .for_each(|_| futures::future::ready(()));
         tokio::spawn(stream);
-        let mut announced: HashSet<(String, &'static str)> = HashSet::new();
+        // The Service cache says whose EndpointSlices to ask about: complete before any delete.
+        self.view.ready().await;
+        let announced = Announced::default();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -60,119 +122,234 @@ impl Deleter {
             if !self.leadership.is_leading() || store.wait_until_ready().await.is_err() {
                 continue;
             }
-            self.pass(&store, &mut announced).await;
+            let Some(keys) = self.keys.get() else {
+                continue;
+            };
+            self.pass(&store, &keys, &announced).await;
         }
     }
 
     async fn pass(
         &self,
         store: &Store<PartialObjectMeta<Pod>>,
-        announced: &mut HashSet<(String, &'static str)>,
+        keys: &KeySet,
+        announced: &Announced,
     ) {
         let now = Timestamp::now();
-        for meta in store.state() {
-            let reading = schedule::read(meta.annotations(), now, self.bounds);
-            let damaged = matches!(reading, Reading::Damaged { .. });
-            if reading.delete_at() > now && !damaged {
-                continue;
-            }
-            let (Some(ns), name) = (meta.namespace(), meta.name_any()) else {
-                continue;
-            };
-            if let Err(e) = self.handle(&ns, &name, announced).await {
-                tracing::warn!(pod = %name, namespace = %ns, error = %e, "deferred delete failed; retrying");
-            }
-        }
+        let pods = store.state();
+        announced.keep_only(&pods.iter().filter_map(|m| m.uid()).collect());
+        // From the cache: only pods with something to do now are re-read.
+        let todo: Vec<_> = pods
+            .iter()
+            .filter(|meta| {
+                let mark = self.mark(
+                    keys,
+                    meta.uid().as_deref(),
+                    meta.labels(),
+                    meta.annotations(),
+                    now,
+                );
+                let step = deletion::next(
+                    &deletion::Pod {
+                        mark: &mark,
+                        annotations: meta.annotations(),
+                        terminating: meta.metadata.deletion_timestamp.is_some(),
+                        withheld: Some(None),
+                        still_listed: Some(false),
+                    },
+                    now,
+                    self.policy.bounds,
+                    self.endpoint_wait_max,
+                );
+                match step {
+                    Step::Nothing => false,
+                    // Reported once; the re-read is skipped after that.
+                    Step::ReportForged(_) => {
+                        meta.uid().is_some_and(|u| !announced.given(&u, "Forged"))
+                    }
+                    _ => true,
+                }
+            })
+            .filter_map(|meta| Some((meta.namespace()?, meta.name_any())))
+            .collect();
+        futures::stream::iter(todo)
+            .for_each_concurrent(CONCURRENCY, |(ns, name)| async move {
+                if let Err(e) = self.handle(&ns, &name, keys, announced).await {
+                    tracing::warn!(pod = %name, namespace = %ns, error = %e, "deferred delete failed; retrying");
+                }
+            })
+            .await;
     }
 
-    #[tracing::instrument(name = "deferred_delete", skip(self, announced))]
+    fn mark(
+        &self,
+        keys: &KeySet,
+        uid: Option<&str>,
+        labels: &BTreeMap<String, String>,
+        annotations: &BTreeMap<String, String>,
+        now: Timestamp,
+    ) -> Mark {
+        let mark = seal::mark(
+            keys,
+            &self.instance,
+            uid.unwrap_or_default(),
+            labels,
+            annotations,
+            now,
+        );
+        if let Mark::Forged(Unsealed::UnknownKey(_)) = &mark {
+            self.keys.reread_soon();
+        }
+        mark
+    }
+
+    #[tracing::instrument(name = "deferred_delete", skip(self, keys, announced))]
     async fn handle(
         &self,
         ns: &str,
         name: &str,
-        announced: &mut HashSet<(String, &'static str)>,
-    ) -> Result<(), kube::Error> {
+        keys: &KeySet,
+        announced: &Announced,
+    ) -> Result<(), DeleterError> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         // Re-read before acting: the cache may be behind, another leader may have acted.
-        let Some(pod) = api.get_opt(name).await? else {
+        let Some(pod) = call(api.get_opt(name)).await? else {
             return Ok(());
         };
-        if pod.labels().get(DRAINING_LABEL) != Some(&self.instance) {
-            return Ok(());
-        }
-        // Already being deleted (by another would-be leader, or by the holder of a DELETE we
-        // allowed): deleting again would succeed but do nothing.
-        if pod.metadata.deletion_timestamp.is_some() {
-            return Ok(());
-        }
         let Some(version) = Version::of(&pod) else {
             return Ok(());
         };
         let uid = version.uid.clone();
         let now = Timestamp::now();
-        let reading = schedule::read(pod.annotations(), now, self.bounds);
-        if let Reading::Damaged {
-            delete_at,
-            problems,
-            partial,
-        } = &reading
-        {
-            if !self.leadership.is_leading() {
-                return Ok(());
-            }
-            let fixed = schedule::Schedule {
-                delete_at: *delete_at,
-                ..partial.clone()
-            };
-            if pod_writes::rewrite_schedule(&api, name, &version, &fixed, &self.field_manager)
-                .await?
-                == Outcome::Done
-            {
-                self.events
-                    .publish(
-                        &pod,
-                        true,
-                        "DrainScheduleRepaired",
-                        format!("The drain annotations were damaged ({}); the pod will be deleted at {delete_at}", problems.join("; ")),
-                    )
-                    .await;
-            }
-            return Ok(());
-        }
-        let Reading::Intact(schedule) = reading else {
-            return Ok(());
+        let mark = self.mark(keys, Some(&uid), pod.labels(), pod.annotations(), now);
+        let mut facts = deletion::Pod {
+            mark: &mark,
+            annotations: pod.annotations(),
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+            withheld: None,
+            still_listed: None,
         };
-        if schedule.delete_at > now {
-            return Ok(());
-        }
-        // Never pull a pod that load balancers may still be sending to, up to a limit.
-        if self.still_ready_in_endpoints(ns, &pod).await? {
-            let limit = schedule
-                .delete_at
-                .checked_add(SignedDuration::try_from(self.endpoint_wait_max).unwrap_or_default())
-                .unwrap_or(Timestamp::MAX);
-            if now < limit {
-                if announced.insert((uid.clone(), "StillInEndpoints")) {
-                    self.events
-                        .publish(&pod, false, "WaitingForEndpoints", format!("Still listed as ready in an EndpointSlice; waiting up to {limit} before deleting")).await;
+        loop {
+            let step = deletion::next(&facts, now, self.policy.bounds, self.endpoint_wait_max);
+            match step {
+                Step::Nothing => return Ok(()),
+                Step::AskWithheld => facts.withheld = Some(self.withheld(&pod).await?),
+                Step::AskEndpoints => {
+                    let Mark::Sealed(s) = &mark else {
+                        return Ok(());
+                    };
+                    facts.still_listed = Some(self.still_ready_in_endpoints(ns, &pod, s).await?);
                 }
-                return Ok(());
-            }
-            if announced.insert((uid.clone(), "EndpointsTimeout")) {
-                self.events
-                    .publish(&pod, true, "EndpointsWaitExceeded", "Still listed as ready in an EndpointSlice after the maximum wait; deleting anyway".into()).await;
+                Step::ReportForged(why) => {
+                    if announced.first(&uid, "Forged") {
+                        tracing::warn!(pod = %name, namespace = %ns, %why, "draining label without our seal: not deleting");
+                        self.events
+                            .publish(
+                                &pod,
+                                true,
+                                "DrainScheduleForged",
+                                crate::admission::forged_note(&self.instance, &why),
+                            )
+                            .await;
+                    }
+                    return Ok(());
+                }
+                Step::Adopt(schedule) => {
+                    let sealed = keys.seal(&uid, &self.instance, &schedule, now);
+                    if self
+                        .rewrite(&api, name, &version, &schedule, Some(&sealed))
+                        .await?
+                    {
+                        tracing::info!(pod = %name, namespace = %ns, delete_at = %schedule.delete_at, "adopted a drain of the version before seals");
+                    }
+                    return Ok(());
+                }
+                Step::Repair(schedule) => {
+                    if self.rewrite(&api, name, &version, &schedule, None).await?
+                        && announced.first(&uid, "Repaired")
+                    {
+                        self.events
+                            .publish(&pod, true, "DrainScheduleRepaired", format!("The drain annotations were changed by someone else; put back as pod-graceful-drain sealed them (the pod is deleted at {})", schedule.delete_at))
+                            .await;
+                    }
+                    return Ok(());
+                }
+                Step::Withhold(why) => {
+                    if announced.first(&uid, "Withheld") {
+                        self.events
+                            .publish(&pod, true, "DrainNotCarriedOut", format!("Due, but not deleted: {}. It stays out of its Services; put back the labels in {} or delete it", why.describe(), crate::schedule::REMOVED_LABELS))
+                            .await;
+                    }
+                    return Ok(());
+                }
+                Step::WaitForEndpoints { until } => {
+                    if announced.first(&uid, "StillInEndpoints") {
+                        self.events
+                            .publish(&pod, false, "WaitingForEndpoints", format!("Still listed as ready in an EndpointSlice; waiting up to {until} before deleting")).await;
+                    }
+                    return Ok(());
+                }
+                Step::Delete { schedule, forced } => {
+                    if forced && announced.first(&uid, "EndpointsTimeout") {
+                        self.events
+                            .publish(&pod, true, "EndpointsWaitExceeded", "Still listed as ready in an EndpointSlice after the maximum wait; deleting anyway".into()).await;
+                    }
+                    return self.delete(&api, &pod, &version, &schedule, now).await;
+                }
             }
         }
+    }
+
+    /// Writes the readable schedule back (and a seal, when adopting), if still leading.
+    async fn rewrite(
+        &self,
+        api: &Api<Pod>,
+        name: &str,
+        version: &Version,
+        schedule: &Schedule,
+        seal: Option<&str>,
+    ) -> Result<bool, DeleterError> {
+        if !self.leadership.is_leading() {
+            return Ok(false);
+        }
+        let done = call(pod_writes::rewrite_schedule(
+            api,
+            name,
+            version,
+            schedule,
+            seal,
+            &self.field_manager,
+        ))
+        .await?;
+        Ok(done == Outcome::Done)
+    }
+
+    async fn delete(
+        &self,
+        api: &Api<Pod>,
+        pod: &Pod,
+        version: &Version,
+        schedule: &Schedule,
+        now: Timestamp,
+    ) -> Result<(), DeleterError> {
         if !self.leadership.is_leading() {
             return Ok(());
         }
-        match pod_writes::delete(&api, name, &version, &schedule.delete_options).await? {
+        let name = pod.name_any();
+        match call(pod_writes::delete(
+            api,
+            &name,
+            version,
+            &schedule.delete_options,
+        ))
+        .await?
+        {
             Outcome::Done => {
-                let late = now.duration_since(schedule.delete_at);
-                tracing::info!(pod = %name, namespace = %ns, late_ms = late.as_millis(), "deleted at the end of its drain");
+                let late = now.duration_since(schedule.due_at(self.policy.bounds));
+                tracing::info!(pod = %name, namespace = ?pod.namespace(), late_ms = late.as_millis(), "deleted at the end of its drain");
                 self.events
                     .publish(
-                        &pod,
+                        pod,
                         false,
                         "Deleted",
                         format!(
@@ -188,12 +365,53 @@ impl Deleter {
         Ok(())
     }
 
-    async fn still_ready_in_endpoints(&self, ns: &str, pod: &Pod) -> Result<bool, kube::Error> {
+    /// Whether the pod must not be deleted by us after all: the same exclusions admission applies,
+    /// judged again now (the configuration or the pod may have changed during the drain).
+    async fn withheld(&self, pod: &Pod) -> Result<Option<Withheld>, DeleterError> {
+        let ns = pod.namespace().unwrap_or_default();
+        if self.policy.excluded_namespaces.contains(&ns) {
+            return Ok(Some(Withheld::Namespace));
+        }
+        if pod
+            .annotations()
+            .get(OPT_OUT)
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        {
+            return Ok(Some(Withheld::OptedOut));
+        }
+        let (k, v) = crate::admission::OWN_POD_LABEL;
+        if pod.labels().get(k).map(String::as_str) == Some(v) {
+            return Ok(Some(Withheld::OwnPod));
+        }
+        if let Some(selector) = &self.policy.namespace_selector {
+            let facts = call(self.view.namespace(&ns, Some(selector))).await?;
+            if !facts.selected && !facts.terminating {
+                return Ok(Some(Withheld::Namespace));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether an EndpointSlice of a Service that selected the pod before its drain (or of one
+    /// without a selector, whose slices anyone may keep) still lists it ready. Only those
+    /// Services' slices are asked for (label `kubernetes.io/service-name`).
+    async fn still_ready_in_endpoints(
+        &self,
+        ns: &str,
+        pod: &Pod,
+        schedule: &Schedule,
+    ) -> Result<bool, DeleterError> {
+        let mut before = pod.labels().clone();
+        before.extend(schedule.removed_labels.clone());
+        let services = self.view.slice_owners(ns, &before);
+        if services.is_empty() {
+            return Ok(false);
+        }
         let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), ns);
+        let selector = format!("kubernetes.io/service-name in ({})", services.join(","));
         let name = pod.name_any();
         let uid = pod.uid();
-        Ok(slices
-            .list(&ListParams::default())
+        Ok(call(slices.list(&ListParams::default().labels(&selector)))
             .await?
             .items
             .iter()

@@ -15,6 +15,7 @@ use pod_graceful_drain::config::{Args, Command, UninstallArgs};
 use pod_graceful_drain::deleter::Deleter;
 use pod_graceful_drain::events::Events;
 use pod_graceful_drain::leader::Election;
+use pod_graceful_drain::seal_keys::{KeyKeeper, SealKeys};
 use pod_graceful_drain::server::{self, Readiness};
 use pod_graceful_drain::telemetry;
 use pod_graceful_drain::tls::{ClientAuthConfig, ReloadingCert, ServerTls};
@@ -49,10 +50,11 @@ async fn uninstall(args: &Args, u: &UninstallArgs) -> anyhow::Result<()> {
         lease_name: args.lease_name.clone(),
         delete_secrets: u.delete_secrets.clone(),
         wait: Duration::from_secs(u.wait_seconds),
-        bounds: args.policy().bounds,
+        seal_secret: args.seal_secret.clone(),
     }
     .run()
-    .await;
+    .await
+    .context("uninstall could not finish every drain")?;
     Ok(())
 }
 
@@ -98,6 +100,35 @@ async fn serving_cert(args: &Args, client: &kube::Client) -> anyhow::Result<Arc<
     Ok(cert)
 }
 
+/// The seal keys: not ready (no drain can be started or judged) until they are read.
+async fn seal_keys(args: &Args, client: &kube::Client) -> SealKeys {
+    let keys = SealKeys::default();
+    let max = Duration::from_secs(args.drain_max_seconds);
+    let keeper = KeyKeeper {
+        client: client.clone(),
+        namespace: args.namespace.clone(),
+        name: args.seal_secret.clone(),
+        keys: keys.clone(),
+        rotate_every: Duration::from_secs(args.seal_rotation_seconds),
+        // Longer than any drain sealed before a rotation can still be running.
+        keep_superseded: 2 * max + Duration::from_secs(args.endpoint_wait_max_seconds + 3600),
+        adopt_unsealed: Duration::from_secs(args.seal_adopt_unsealed_seconds),
+        field_manager: FIELD_MANAGER.into(),
+    };
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match keeper.round().await {
+            Ok(()) if keys.get().is_some() => break,
+            Ok(()) => tracing::warn!("no seal keys yet"),
+            Err(e) => tracing::warn!(error = %e, "no seal keys yet"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+    keeper.spawn();
+    keys
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let ready = Readiness::default();
     let (shutdown_tx, shutdown) = watch::channel(false);
@@ -125,10 +156,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .context("setting up TLS for the webhook port")?;
     tls.clone().watch(Duration::from_secs(5));
 
+    let keys = seal_keys(&args, &client).await;
     let view = ClusterView::start(client.clone());
     let events = Events::new(client.clone(), &args.identity);
     let policy = args.policy();
-    let bounds = policy.bounds;
     let admission = Arc::new(Admission {
         policy,
         held: Arc::new(tokio::sync::Semaphore::new(admission::MAX_HELD)),
@@ -137,6 +168,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         events: events.clone(),
         field_manager: FIELD_MANAGER.into(),
         instance: args.instance.clone(),
+        keys: keys.clone(),
     });
     let (leadership, election) = Election {
         namespace: args.namespace.clone(),
@@ -149,10 +181,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         client: client.clone(),
         leadership,
         events,
-        bounds,
+        policy: args.policy(),
         endpoint_wait_max: Duration::from_secs(args.endpoint_wait_max_seconds),
         field_manager: FIELD_MANAGER.into(),
         instance: args.instance.clone(),
+        keys,
+        view: view.clone(),
     };
     let deleter = tokio::spawn(deleter.run(shutdown.clone()));
 

@@ -16,7 +16,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, Preconditions, PropagationPoli
 use serde_json::{Map, Value, json};
 
 use crate::decision::Isolation;
-use crate::schedule::{DRAINING_LABEL, SavedDeleteOptions, Schedule};
+use crate::schedule::{DRAINING_LABEL, SEAL, SavedDeleteOptions, Schedule};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -46,17 +46,19 @@ impl Version {
 
 /// The merge patch that isolates a pod and records its schedule. The draining label's value names
 /// the installation (`instance`), whose deleter alone acts on the pod. Pure, for unit tests.
-pub fn isolation_patch(version: &Version, plan: &Isolation, instance: &str) -> Value {
+pub fn isolation_patch(version: &Version, plan: &Isolation, instance: &str, seal: &str) -> Value {
     let mut labels = Map::new();
     for key in &plan.remove {
         labels.insert(key.clone(), Value::Null);
     }
     labels.insert(DRAINING_LABEL.to_string(), json!(instance));
+    let mut annotations = schedule_annotations(&plan.schedule);
+    annotations.insert(SEAL.to_string(), json!(seal));
     json!({
         "metadata": {
             "resourceVersion": version.resource_version,
             "labels": labels,
-            "annotations": schedule_annotations(&plan.schedule),
+            "annotations": annotations,
         }
     })
 }
@@ -100,23 +102,29 @@ pub async fn isolate(
     plan: &Isolation,
     field_manager: &str,
     instance: &str,
+    seal: &str,
 ) -> Result<Outcome, kube::Error> {
-    let patch = isolation_patch(version, plan, instance);
+    let patch = isolation_patch(version, plan, instance, seal);
     guarded_patch(api, name, &patch, field_manager).await
 }
 
-/// Rewrites a damaged schedule (with the sane delete-at already chosen) on exactly the pod version
-/// that was read, so the next reader finds it intact and delete-at no longer moves.
+/// Rewrites the readable schedule (and, for a drain adopted from before seals, the seal) on
+/// exactly the pod version that was read: what people read matches what the deleter acts on.
 pub async fn rewrite_schedule(
     api: &Api<Pod>,
     name: &str,
     version: &Version,
     schedule: &Schedule,
+    seal: Option<&str>,
     field_manager: &str,
 ) -> Result<Outcome, kube::Error> {
+    let mut annotations = schedule_annotations(schedule);
+    if let Some(seal) = seal {
+        annotations.insert(SEAL.to_string(), json!(seal));
+    }
     let patch = json!({"metadata": {
         "resourceVersion": version.resource_version,
-        "annotations": schedule_annotations(schedule),
+        "annotations": annotations,
     }});
     guarded_patch(api, name, &patch, field_manager).await
 }
@@ -170,7 +178,8 @@ mod tests {
             uid: "u-1".into(),
             resource_version: "42".into(),
         };
-        let p = isolation_patch(&version, &plan, "default");
+        let p = isolation_patch(&version, &plan, "default", "v1.k.p.t");
+        assert_eq!(p["metadata"]["annotations"][SEAL], "v1.k.p.t");
         assert_eq!(p["metadata"].get("uid"), None);
         assert_eq!(p["metadata"]["resourceVersion"], "42");
         assert_eq!(p["metadata"]["labels"]["app"], Value::Null);

@@ -23,6 +23,8 @@ pub const REASON: &str = "pod-graceful-drain.io/reason";
 pub const DELETE_OPTIONS: &str = "pod-graceful-drain.io/delete-options";
 pub const TRACEPARENT: &str = "pod-graceful-drain.io/traceparent";
 pub const REMOVED_LABELS: &str = "pod-graceful-drain.io/removed-labels";
+/// The schedule as the product wrote it, sealed with its key: the only part the product acts on.
+pub const SEAL: &str = "pod-graceful-drain.io/seal";
 /// Set by users: "true" opts a pod out of draining.
 pub const OPT_OUT: &str = "pod-graceful-drain.io/disabled";
 /// Set by users: the drain length for this pod, in seconds (within configured bounds).
@@ -108,6 +110,18 @@ pub fn drain_length(
 }
 
 impl Schedule {
+    /// When the pod is due: its delete-at, but never later than the maximum drain from its start
+    /// (the maximum may have been lowered since the drain started).
+    pub fn due_at(&self, bounds: DrainBounds) -> Timestamp {
+        let latest = self
+            .started_at
+            .checked_add(
+                jiff::SignedDuration::try_from(bounds.max).unwrap_or(jiff::SignedDuration::MAX),
+            )
+            .unwrap_or(Timestamp::MAX);
+        self.delete_at.min(latest)
+    }
+
     /// The annotations that record this schedule (the draining label is set beside them).
     pub fn to_annotations(&self) -> BTreeMap<String, String> {
         let mut a = BTreeMap::new();

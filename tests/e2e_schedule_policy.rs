@@ -4,36 +4,12 @@
 //! it) could label it draining with a delete-at in the past and have the leader delete it at once,
 //! with the product's rights.
 
-use std::process::Command;
-
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::PostParams;
+use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, ResourceExt};
+use pgd_testbed::TestEnv;
 use pgd_testbed::product::{Install, Options};
-use pgd_testbed::{TestEnv, kubectl};
 use pod_graceful_drain::schedule;
 use serde_json::json;
-
-/// `kubectl patch pod` (of the status subresource when asked) as `user`; its output.
-fn patch_as(
-    env: &TestEnv,
-    user: Option<&str>,
-    pod: &str,
-    status: bool,
-    patch: &serde_json::Value,
-) -> std::process::Output {
-    let mut cmd: Command = kubectl(env.target);
-    if let Some(u) = user {
-        cmd.arg(format!("--as={u}"));
-    }
-    cmd.args(["-n", &env.namespace, "patch", "pod", pod, "--type", "merge"]);
-    if status {
-        cmd.arg("--subresource=status");
-    }
-    cmd.arg("-p").arg(patch.to_string());
-    cmd.output().expect("kubectl runs")
-}
 
 fn refused_with(out: &std::process::Output, words: &str) -> bool {
     !out.status.success() && String::from_utf8_lossy(&out.stderr).contains(words)
@@ -50,43 +26,15 @@ async fn only_pod_graceful_drain_may_mark_a_pod_draining_or_change_its_schedule(
     let instance = env.namespace.clone();
 
     // A ServiceAccount that may patch pods (and their status) but not delete them.
-    let pp = PostParams::default();
-    env.api::<ServiceAccount>()
-        .create(
-            &pp,
-            &serde_json::from_value(json!({"metadata": {"name": "forger"}}))?,
-        )
-        .await?;
-    env.api::<Role>()
-        .create(
-            &pp,
-            &serde_json::from_value(json!({
-                "metadata": {"name": "patch-pods"},
-                "rules": [{"apiGroups": [""], "resources": ["pods", "pods/status"],
-                           "verbs": ["get", "list", "patch"]}]
-            }))?,
-        )
-        .await?;
-    env.api::<RoleBinding>()
-        .create(
-            &pp,
-            &serde_json::from_value(json!({
-                "metadata": {"name": "forger"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "patch-pods"},
-                "subjects": [{"kind": "ServiceAccount", "name": "forger", "namespace": env.namespace}]
-            }))?,
-        )
-        .await?;
-    let forger = format!("system:serviceaccount:{}:forger", env.namespace);
+    let forger = env.patch_only_user("forger").await?;
 
     // Its rights are real: another label is patched.
-    let control = patch_as(
-        &env,
+    let control = env.patch_pod_as(
         Some(&forger),
         &target,
         false,
         &json!({"metadata": {"labels": {"example.com/touched": "yes"}}}),
-    );
+    )?;
     assert!(
         control.status.success(),
         "the ServiceAccount cannot patch pods at all, the test would prove nothing: {}",
@@ -99,7 +47,7 @@ async fn only_pod_graceful_drain_may_mark_a_pod_draining_or_change_its_schedule(
         "annotations": {schedule::STARTED_AT: "2026-01-01T00:00:00Z",
                         schedule::DELETE_AT: "2026-01-01T00:00:01Z"}}});
     for status in [false, true] {
-        let out = patch_as(&env, Some(&forger), &target, status, &forged);
+        let out = env.patch_pod_as(Some(&forger), &target, status, &forged)?;
         assert!(
             refused_with(&out, "only pod-graceful-drain may mark a pod as draining"),
             "the forged drain was not refused (status subresource: {status}): {} {}",
@@ -119,13 +67,12 @@ async fn only_pod_graceful_drain_may_mark_a_pod_draining_or_change_its_schedule(
         draining.labels().get(schedule::DRAINING_LABEL),
         Some(&instance)
     );
-    let out = patch_as(
-        &env,
+    let out = env.patch_pod_as(
         None,
         &victim,
         false,
         &json!({"metadata": {"annotations": {schedule::DELETE_AT: "2026-01-01T00:00:01Z"}}}),
-    );
+    )?;
     assert!(
         refused_with(&out, "written by\npod-graceful-drain only")
             || refused_with(&out, "written by pod-graceful-drain only"),
@@ -137,13 +84,12 @@ async fn only_pod_graceful_drain_may_mark_a_pod_draining_or_change_its_schedule(
         draining.annotations()[schedule::DELETE_AT]
     );
     // Cancelling the drain (removing the label) stays possible.
-    let out = patch_as(
-        &env,
+    let out = env.patch_pod_as(
         None,
         &victim,
         false,
         &json!({"metadata": {"labels": {schedule::DRAINING_LABEL: null}}}),
-    );
+    )?;
     assert!(
         out.status.success(),
         "removing the draining label was refused: {}",

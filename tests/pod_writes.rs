@@ -94,6 +94,7 @@ async fn isolating_patch_takes_a_serving_pod_out_of_service_and_controller() -> 
         own: false,
         namespace_terminating: false,
         namespace_selected: true,
+        mark: &pod_graceful_drain::seal::Mark::Unmarked,
     };
     let found = Facts {
         services: vec![Selecting {
@@ -122,7 +123,16 @@ async fn isolating_patch_takes_a_serving_pod_out_of_service_and_controller() -> 
         panic!("expected an isolating deny for a controller's delete");
     };
     let version = Version::of(&pod).expect("uid and resourceVersion");
-    let outcome = pod_writes::isolate(&pods, &name, &version, &plan, MANAGER, "test").await?;
+    let outcome = pod_writes::isolate(
+        &pods,
+        &name,
+        &version,
+        &plan,
+        MANAGER,
+        "test",
+        "v1.test.seal.tag",
+    )
+    .await?;
     assert_eq!(outcome, Outcome::Done);
 
     // The ReplicaSet replaces it at once: two ready owned pods again, neither of them this one.
@@ -259,7 +269,16 @@ async fn stale_writes_are_refused_and_gone_pods_count_as_done() -> anyhow::Resul
         },
     };
     assert_eq!(
-        pod_writes::isolate(&pods, "victim", &stale, &plan, MANAGER, "test").await?,
+        pod_writes::isolate(
+            &pods,
+            "victim",
+            &stale,
+            &plan,
+            MANAGER,
+            "test",
+            "v1.test.seal.tag"
+        )
+        .await?,
         Outcome::Conflict
     );
     let untouched = pods.get("victim").await?;
@@ -268,7 +287,16 @@ async fn stale_writes_are_refused_and_gone_pods_count_as_done() -> anyhow::Resul
         "a refused patch changed the pod"
     );
     assert_eq!(
-        pod_writes::isolate(&pods, "victim", &current, &plan, MANAGER, "test").await?,
+        pod_writes::isolate(
+            &pods,
+            "victim",
+            &current,
+            &plan,
+            MANAGER,
+            "test",
+            "v1.test.seal.tag"
+        )
+        .await?,
         Outcome::Done
     );
 

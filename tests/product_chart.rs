@@ -615,6 +615,67 @@ async fn uninstall_leaves_nothing_behind_and_no_pod_isolated() -> anyhow::Result
     Ok(())
 }
 
+/// A writer that keeps changing a draining pod while `helm uninstall` cuts its drain short (every
+/// delete then meets a pod newer than the one listed): the uninstall re-reads and deletes it, or
+/// fails saying which pod is left. It never reports success with the pod left isolated.
+#[tokio::test]
+async fn an_uninstall_raced_by_a_writer_ends_with_the_pod_gone_or_in_an_error() -> anyhow::Result<()>
+{
+    let env = TestEnv::new("chart-uninstall-race").await?;
+    let install = Install::new(
+        &env,
+        Options {
+            drain_seconds: 300,
+            values: vec![("uninstall.waitSeconds".into(), "2".into())],
+            ..Options::default()
+        },
+    )
+    .await?;
+    let pods = env.serve_demo("web", 2, json!({})).await?;
+    let app: Api<Pod> = env.api();
+    let drained = evict_and_wait_draining(&app, &pods[0].name_any()).await?;
+    // Four writers back to back: the pod's resourceVersion moves every few milliseconds.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let app = app.clone();
+            let name = drained.name_any();
+            tokio::spawn(async move {
+                for i in 0u64.. {
+                    let patch =
+                        json!({"metadata": {"annotations": {format!("example.com/tick-{w}"): i.to_string()}}});
+                    if let Err(kube::Error::Api(e)) = app
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        && e.code == 404
+                    {
+                        return i;
+                    }
+                }
+                0
+            })
+        })
+        .collect();
+    let out = install.try_uninstall().await?;
+    for w in &writers {
+        w.abort();
+    }
+    let stored = app.get_opt(&drained.name_any()).await?;
+    let gone = stored.as_ref().is_none_or(|p| {
+        p.metadata.deletion_timestamp.is_some() || p.metadata.uid != drained.metadata.uid
+    });
+    eprintln!(
+        "helm uninstall: success {}, pod gone {gone}: {}{}",
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    assert!(
+        gone || !out.status.success(),
+        "helm uninstall succeeded and left the drained pod isolated"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn bad_values_are_refused_with_a_message_naming_them() -> anyhow::Result<()> {
     let env = TestEnv::new("chart-values").await?;

@@ -13,12 +13,15 @@ use kube::runtime::wait::conditions::is_deleted;
 use kube::{Api, ResourceExt};
 use pgd_testbed::wait::{self, conditions};
 use pgd_testbed::{TestEnv, objects};
-use pod_graceful_drain::decision::Isolation;
+use pod_graceful_drain::cluster_view::ClusterView;
+use pod_graceful_drain::decision::{Isolation, LongDrain, Policy};
 use pod_graceful_drain::deleter::Deleter;
 use pod_graceful_drain::events::Events;
 use pod_graceful_drain::leader::Leadership;
 use pod_graceful_drain::pod_writes::{self, Outcome, Version};
 use pod_graceful_drain::schedule::{DrainBounds, Reason, SavedDeleteOptions, Schedule};
+use pod_graceful_drain::seal::{KEY_BYTES, Key, KeySet};
+use pod_graceful_drain::seal_keys::SealKeys;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -27,6 +30,12 @@ const BOUNDS: DrainBounds = DrainBounds {
     min: Duration::from_secs(1),
     max: Duration::from_secs(60),
 };
+
+/// The keys both the test (sealing, as admission does) and the deleters use.
+fn keys() -> KeySet {
+    let made = Timestamp::now() - SignedDuration::from_hours(1);
+    KeySet::first(Key::new("test".into(), &[7; KEY_BYTES], made), None)
+}
 
 /// A ready demo pod, drained by `instance` with delete-at `in_secs` from now.
 async fn draining_pod(
@@ -67,8 +76,9 @@ async fn draining_pod(
         },
     };
     let version = Version::of(&pod).expect("version");
+    let seal = keys().seal(&version.uid, instance, &plan.schedule, now);
     assert_eq!(
-        pod_writes::isolate(&api, name, &version, &plan, "test", instance).await?,
+        pod_writes::isolate(&api, name, &version, &plan, "test", instance, &seal).await?,
         Outcome::Done
     );
     Ok(api.get(name).await?)
@@ -79,10 +89,20 @@ fn deleter(env: &TestEnv, identity: &str, instance: &str, endpoint_wait_max: Dur
         client: env.client.clone(),
         leadership: Leadership::fixed(true),
         events: Events::new(env.client.clone(), identity),
-        bounds: BOUNDS,
+        policy: Policy {
+            excluded_namespaces: Default::default(),
+            namespace_selector: None,
+            own_user: "system:serviceaccount:pgd:pod-graceful-drain".into(),
+            controller_users: Default::default(),
+            bounds: BOUNDS,
+            hold_budget: Duration::from_secs(20),
+            long_drain: LongDrain::Deny,
+        },
         endpoint_wait_max,
         field_manager: "test".into(),
         instance: instance.to_string(),
+        keys: SealKeys::fixed(keys()),
+        view: ClusterView::start(env.client.clone()),
     }
 }
 
@@ -135,7 +155,15 @@ async fn a_pod_still_ready_in_an_endpoint_slice_is_kept_up_to_the_maximum() -> a
     let env = TestEnv::new("endpoints").await?;
     let instance = env.namespace.clone();
     let pod = draining_pod(&env, "listed", &instance, 1).await?;
-    // A hand-managed EndpointSlice (as a load balancer controller might keep) still lists it.
+    // A hand-managed EndpointSlice of a Service without a selector (as a load balancer
+    // controller might keep) still lists it.
+    env.api::<k8s_openapi::api::core::v1::Service>()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "manual"},
+                "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}))?,
+        )
+        .await?;
     let ip = pod
         .status
         .as_ref()

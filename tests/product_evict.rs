@@ -275,3 +275,30 @@ async fn a_dry_run_inside_the_eviction_changes_nothing() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The budgets an eviction must respect are read when it arrives: one created just before (not
+/// yet counted by its controller, so the API server itself would refuse with 429) is honoured,
+/// and the pod is left untouched.
+#[tokio::test]
+async fn a_budget_created_just_before_an_eviction_is_honoured() -> anyhow::Result<()> {
+    let env = TestEnv::new("evict-new-pdb").await?;
+    let _install = Install::new(&env, Options::default()).await?;
+    let pods = env.serve_demo("web", 3, json!({})).await?;
+    let api: Api<Pod> = env.api();
+    let victim = pods[0].name_any();
+    env.api::<PodDisruptionBudget>()
+        .create(
+            &PostParams::default(),
+            &objects::pdb("web", json!({"minAvailable": 3})),
+        )
+        .await?;
+    let refused = api.evict(&victim, &EvictParams::default()).await;
+    assert!(
+        matches!(refused, Err(kube::Error::Api(ref s)) if s.code == 429),
+        "an eviction the budget forbids went ahead: {refused:?}"
+    );
+    let now = api.get(&victim).await?;
+    assert!(!draining(&now), "the pod was isolated: {:?}", now.labels());
+    assert!(now.metadata.deletion_timestamp.is_none());
+    Ok(())
+}

@@ -36,6 +36,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{- define "pgd.tlsSecret" -}}{{ include "pgd.fullname" . }}-tls{{- end -}}
+{{- define "pgd.sealSecret" -}}{{ include "pgd.fullname" . }}-seal{{- end -}}
 
 {{- define "pgd.excludedNamespaces" -}}
 {{- $all := concat (list "kube-system" .Release.Namespace) .Values.excludedNamespaces | uniq -}}
@@ -79,6 +80,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   value: {{ include "pgd.fullname" . | quote }}
 - name: PGD_LEASE_NAME
   value: {{ include "pgd.fullname" . | quote }}
+- name: PGD_SEAL_SECRET
+  value: {{ include "pgd.sealSecret" . | quote }}
 - name: PGD_DRAIN_SECONDS
   value: {{ .Values.drain.seconds | int64 | quote }}
 - name: PGD_DRAIN_MIN_SECONDS

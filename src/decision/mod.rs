@@ -4,7 +4,9 @@
 //!
 //! 1. pass through, untouched: dry-run requests, excluded or unselected namespaces, terminating
 //!    namespaces, the product's own pods and requests, opted-out pods;
-//! 2. a pod already draining gets the same answer again, and delete-at never moves;
+//! 2. a pod already draining gets the same answer again, and delete-at never moves: "draining"
+//!    means sealed by this installation (its readable annotations are not read); a draining label
+//!    without this installation's seal is no drain, and the pod is judged afresh;
 //! 3. pass through pods that are not exposed (not Running and Ready, terminating, or selected by
 //!    no Service);
 //! 4. an eviction the eviction handler would refuse passes through unchanged (the API server
@@ -21,6 +23,7 @@ use jiff::{SignedDuration, Timestamp};
 use crate::eviction::{self, Verdict};
 use crate::isolation::{self, Selecting};
 use crate::schedule::{self, DrainBounds, Reading, Reason, SavedDeleteOptions, Schedule};
+use crate::seal::Mark;
 
 /// What happens to a person's DELETE when the drain outlasts the webhook's time budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +101,8 @@ pub struct PodView<'a> {
     /// The pod's namespace matches the installation's namespace selector (the API server applies
     /// it too, but a request that did not come through the API server must not escape it).
     pub namespace_selected: bool,
+    /// Its draining label and seal, read with this installation's keys.
+    pub mark: &'a Mark,
 }
 
 /// What selects the pod, as gathered from the caches.
@@ -120,6 +125,8 @@ pub enum PassReason {
     NotExposed,
     BudgetRefuses,
     CannotIsolate,
+    /// Drained by another installation of pod-graceful-drain.
+    OtherInstallation,
 }
 
 /// What to answer the API server.
@@ -201,25 +208,39 @@ pub fn decide(
         return pass(PassReason::OptedOut);
     }
 
-    // 2. Already draining (the label a deleter acts on): the same answer, delete-at unchanged.
-    // Schedule annotations without the label are leftovers or forgeries no deleter would ever
-    // act on; such a pod is judged afresh (and its schedule rewritten if it is drained).
-    if pod.labels.contains_key(schedule::DRAINING_LABEL) {
-        let reading = schedule::read(pod.annotations, now, policy.bounds);
-        let (warnings, started) = match &reading {
-            Reading::Damaged {
-                problems, partial, ..
-            } => (problems.clone(), partial.started_at),
-            Reading::Intact(s) => (Vec::new(), s.started_at),
-        };
-        let delete_at = reading.delete_at();
-        return Decision::Drain {
-            isolate: None,
-            spend_budget: None,
-            delete_at,
-            answer: answer_for(policy, request, pod, delete_at, started, now),
-            warnings,
-        };
+    // 2. Already draining: the same answer, delete-at unchanged. A draining label without this
+    // installation's seal was not written by it (a forgery, or a person's edit): no drain, the
+    // pod is judged afresh (and its schedule rewritten if it is drained now).
+    match pod.mark {
+        Mark::Sealed(s) => {
+            let delete_at = s.due_at(policy.bounds);
+            return Decision::Drain {
+                isolate: None,
+                spend_budget: None,
+                delete_at,
+                answer: answer_for(policy, request, pod, delete_at, s.started_at, now),
+                warnings: Vec::new(),
+            };
+        }
+        Mark::Adopted => {
+            let reading = schedule::read(pod.annotations, now, policy.bounds);
+            let (warnings, started) = match &reading {
+                Reading::Damaged {
+                    problems, partial, ..
+                } => (problems.clone(), partial.started_at),
+                Reading::Intact(s) => (Vec::new(), s.started_at),
+            };
+            let delete_at = reading.delete_at();
+            return Decision::Drain {
+                isolate: None,
+                spend_budget: None,
+                delete_at,
+                answer: answer_for(policy, request, pod, delete_at, started, now),
+                warnings,
+            };
+        }
+        Mark::Foreign => return pass(PassReason::OtherInstallation),
+        Mark::Unmarked | Mark::Forged(_) => {}
     }
 
     // 3. Only pods that serve traffic are drained.
@@ -308,11 +329,13 @@ fn answer_for(
     started: Timestamp,
     now: Timestamp,
 ) -> Answer {
-    if request.operation == Operation::Evict {
-        return Answer::EvictAsDryRun;
-    }
+    // Past delete-at the pod may go however it is asked to: an eviction then really evicts
+    // (whoever keeps the pod from being deleted on time cannot keep a node drain waiting).
     if delete_at <= now {
         return Answer::Allow;
+    }
+    if request.operation == Operation::Evict {
+        return Answer::EvictAsDryRun;
     }
     let draining = format!(
         "pod {}/{} is draining: pod-graceful-drain took it out of its Services and its controller and will delete it at {delete_at}",

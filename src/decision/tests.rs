@@ -45,6 +45,7 @@ struct World {
     service: Selector,
     rs: Selector,
     pdb: Selector,
+    mark: Mark,
 }
 
 impl World {
@@ -56,6 +57,7 @@ impl World {
             rs: Selector::from_service(Some(&map(&[("app", "web"), ("pod-template-hash", "abc")])))
                 .unwrap(),
             pdb: Selector::from_service(Some(&map(&[("app", "web")]))).unwrap(),
+            mark: Mark::Unmarked,
         }
     }
 
@@ -71,6 +73,7 @@ impl World {
             own: false,
             namespace_terminating: false,
             namespace_selected: true,
+            mark: &self.mark,
         }
     }
 
@@ -348,6 +351,7 @@ fn a_draining_pod_gets_the_same_answer_and_delete_at_never_moves() {
         .labels
         .insert(schedule::DRAINING_LABEL.into(), "true".into());
     after.annotations = schedule.to_annotations();
+    after.mark = Mark::Sealed(schedule.clone());
     for (user, later) in [(RS, 5), (PERSON, 10)] {
         let d = decide(
             &policy(),
@@ -388,28 +392,109 @@ fn a_draining_pod_gets_the_same_answer_and_delete_at_never_moves() {
             ..
         }
     ));
-    // After delete-at, a DELETE is simply allowed.
-    let d = decide(
-        &policy(),
-        &delete(RS),
-        &after.pod(),
-        &after.facts(None),
-        at(21),
-    );
-    assert!(matches!(
-        d,
-        Decision::Drain {
-            answer: Answer::Allow,
-            ..
-        }
-    ));
+    // After delete-at, a DELETE is simply allowed, and so is an eviction (it really evicts:
+    // nothing can keep a node drain waiting past delete-at).
+    for r in [delete(RS), evict(PERSON)] {
+        let d = decide(&policy(), &r, &after.pod(), &after.facts(None), at(21));
+        assert!(
+            matches!(
+                d,
+                Decision::Drain {
+                    answer: Answer::Allow,
+                    ..
+                }
+            ),
+            "{r:?}: {d:?}"
+        );
+    }
 }
 
 #[test]
-fn a_mangled_schedule_warns_and_falls_back_to_a_sane_time() {
+fn a_sealed_drain_goes_by_its_seal_whatever_the_annotations_say() {
+    let mut w = World::new();
+    w.labels.insert(schedule::DRAINING_LABEL.into(), "x".into());
+    let sealed = Schedule {
+        started_at: now(),
+        delete_at: at(20),
+        requested_by: RS.into(),
+        reason: Reason::Delete,
+        delete_options: SavedDeleteOptions::default(),
+        traceparent: None,
+        removed_labels: BTreeMap::new(),
+    };
+    // Re-stamped by someone: started now + 100, delete-at later still.
+    w.annotations = Schedule {
+        started_at: at(100),
+        delete_at: at(400),
+        ..sealed.clone()
+    }
+    .to_annotations();
+    w.mark = Mark::Sealed(sealed.clone());
+    let d = decide(&policy(), &delete(PERSON), &w.pod(), &w.facts(None), at(5));
+    assert!(
+        matches!(d, Decision::Drain { isolate: None, delete_at, answer: Answer::HoldThenAllow { until }, .. } if delete_at == at(20) && until == at(20)),
+        "{d:?}"
+    );
+    // A maximum lowered since the drain started still holds.
+    w.mark = Mark::Sealed(Schedule {
+        delete_at: at(900),
+        ..sealed
+    });
+    let d = decide(&policy(), &delete(RS), &w.pod(), &w.facts(None), at(5));
+    assert!(matches!(d, Decision::Drain { delete_at, .. } if delete_at == at(600)));
+}
+
+#[test]
+fn a_forged_drain_is_no_drain_and_the_pod_is_judged_afresh() {
+    let mut w = World::new();
+    w.labels.insert(schedule::DRAINING_LABEL.into(), "x".into());
+    w.annotations = map(&[
+        (schedule::STARTED_AT, "2000-01-01T00:00:00Z"),
+        (schedule::DELETE_AT, "2000-01-01T00:00:01Z"),
+    ]);
+    w.mark = Mark::Forged(crate::seal::Unsealed::Missing);
+    // Still serving (its labels are all there): drained for real, with a schedule of its own.
+    let d = decide(&policy(), &delete(RS), &w.pod(), &w.facts(None), now());
+    let Decision::Drain {
+        isolate: Some(plan),
+        delete_at,
+        ..
+    } = d
+    else {
+        panic!("expected a fresh drain, got {d:?}")
+    };
+    assert_eq!(delete_at, at(20));
+    assert_eq!(plan.schedule.started_at, now());
+    // Not serving: passed, as any pod that serves no traffic.
+    let d = decide(
+        &policy(),
+        &evict(PERSON),
+        &w.pod(),
+        &Facts {
+            services: vec![],
+            ..w.facts(None)
+        },
+        now(),
+    );
+    assert_eq!(passes(&d), Some(PassReason::NotExposed));
+}
+
+#[test]
+fn another_installations_drain_is_its_own() {
+    let mut w = World::new();
+    w.labels
+        .insert(schedule::DRAINING_LABEL.into(), "blue".into());
+    w.mark = Mark::Foreign;
+    let d = decide(&policy(), &delete(PERSON), &w.pod(), &w.facts(None), now());
+    assert_eq!(passes(&d), Some(PassReason::OtherInstallation));
+}
+
+#[test]
+fn an_adopted_unsealed_schedule_that_is_mangled_warns_and_falls_back_to_a_sane_time() {
     let mut w = World::new();
     w.labels
         .insert(schedule::DRAINING_LABEL.into(), "true".into());
+    w.mark = Mark::Adopted;
     w.annotations = map(&[(schedule::DELETE_AT, "soon, promise")]);
     let d = decide(&policy(), &delete(RS), &w.pod(), &w.facts(None), now());
     let Decision::Drain {
@@ -484,6 +569,7 @@ fn a_retried_invocation_keeps_the_first_deadline() {
         .labels
         .insert(schedule::DRAINING_LABEL.into(), "x".into());
     after.annotations = plan.schedule.to_annotations();
+    after.mark = Mark::Sealed(plan.schedule.clone());
     // The API server re-runs admission a moment later: same deadline, not a new budget.
     let again = decide(
         &policy(),

@@ -55,6 +55,70 @@ impl TestEnv {
 }
 
 impl TestEnv {
+    /// A ServiceAccount `name` of the test's namespace that may get, list and patch pods and
+    /// their status there, and nothing else (no delete): the user a forger would be. Returns its
+    /// user name, for `kubectl --as`.
+    pub async fn patch_only_user(&self, name: &str) -> Result<String> {
+        use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+        let pp = PostParams::default();
+        fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T> {
+            serde_json::from_value(v).map_err(|e| Error::Unexpected(e.to_string()))
+        }
+        self.api::<ServiceAccount>()
+            .create(&pp, &parse(json!({"metadata": {"name": name}}))?)
+            .await?;
+        self.api::<Role>()
+            .create(
+                &pp,
+                &parse(json!({
+                    "metadata": {"name": name},
+                    "rules": [{"apiGroups": [""], "resources": ["pods", "pods/status"],
+                               "verbs": ["get", "list", "patch"]}]
+                }))?,
+            )
+            .await?;
+        self.api::<RoleBinding>()
+            .create(
+                &pp,
+                &parse(json!({
+                    "metadata": {"name": name},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                    "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": self.namespace}]
+                }))?,
+            )
+            .await?;
+        Ok(format!("system:serviceaccount:{}:{name}", self.namespace))
+    }
+
+    /// `kubectl patch pod <pod> --type merge` (of its status subresource when `status`), as
+    /// `user` (`None`: the admin); its output, for the caller to judge.
+    pub fn patch_pod_as(
+        &self,
+        user: Option<&str>,
+        pod: &str,
+        status: bool,
+        patch: &serde_json::Value,
+    ) -> std::io::Result<std::process::Output> {
+        let mut cmd = crate::kubectl(self.target);
+        if let Some(u) = user {
+            cmd.arg(format!("--as={u}"));
+        }
+        cmd.args([
+            "-n",
+            &self.namespace,
+            "patch",
+            "pod",
+            pod,
+            "--type",
+            "merge",
+        ]);
+        if status {
+            cmd.arg("--subresource=status");
+        }
+        cmd.arg("-p").arg(patch.to_string());
+        cmd.output()
+    }
+
     /// Adds a label to the test's namespace.
     pub async fn label_namespace(&self, key: &str, value: &str) -> Result<()> {
         use kube::api::{Patch, PatchParams};

@@ -317,6 +317,20 @@ impl Install {
         Ok(())
     }
 
+    /// `helm uninstall` with its hooks, whatever it ends with (for a test that judges the exit).
+    pub async fn try_uninstall(mut self) -> Result<Output> {
+        let mut cmd = self.helm();
+        cmd.args(["uninstall", &self.release, "--wait", "--timeout", "300s"]);
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .map_err(|e| Error::Unexpected(format!("helm uninstall: {e}")))?
+            .map_err(|e| Error::Unexpected(format!("helm uninstall: {e}")))?;
+        if out.status.success() {
+            self.removed = true;
+        }
+        Ok(out)
+    }
+
     /// `helm uninstall` with its hooks (the way a user uninstalls), waiting for it to finish.
     pub async fn uninstall(mut self) -> Result<Output> {
         let out = self
