@@ -15,6 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::budget_writes::{self, Spent};
 use crate::client_auth::Caller;
+use crate::clock::Clock;
 use crate::cluster_view::ClusterView;
 use crate::decision::{
     self, Answer, Decision, Facts, LongDrain, Operation, Origin, PassReason, PodView, Policy,
@@ -48,6 +49,8 @@ pub struct Admission {
     pub instance: String,
     /// The keys that seal schedules (and tell ours from forgeries).
     pub keys: SealKeys,
+    /// The API server's time, as this replica measures it.
+    pub clock: Clock,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -315,7 +318,7 @@ impl Admission {
         notice: &mut Option<Notice>,
     ) -> Result<Step, AdmissionError> {
         *notice = None;
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let ns = pod.namespace().unwrap_or_default();
         let name = pod.name_any();
         let (phase, ready, terminating) = facts::pod_state(pod);
@@ -546,7 +549,7 @@ impl Admission {
                 eviction_has_options: has_options,
             },
             Answer::HoldThenAllow { until } => {
-                if hold_until(until, due).await {
+                if hold_until(until, self.clock.now(), due).await {
                     return Reply::Allow;
                 }
                 // The API was slow: the hold ran into the request's own deadline first.
@@ -562,7 +565,7 @@ impl Admission {
                 }
             }
             Answer::HoldThenDeny { until, message } => {
-                hold_until(until, due).await;
+                hold_until(until, self.clock.now(), due).await;
                 tracing::info!(%delete_at, "held request answered at its deadline");
                 Reply::Deny { code: 403, message }
             }
@@ -603,8 +606,8 @@ enum Step {
 
 /// Holds until `until` or the request's `due` instant, whichever is first; whether `until` was
 /// reached.
-async fn hold_until(until: Timestamp, due: tokio::time::Instant) -> bool {
-    let wait = until.duration_since(Timestamp::now());
+async fn hold_until(until: Timestamp, now: Timestamp, due: tokio::time::Instant) -> bool {
+    let wait = until.duration_since(now);
     let wait = Duration::try_from(wait).unwrap_or_default();
     let end = tokio::time::Instant::now() + wait;
     tokio::time::sleep_until(end.min(due)).await;

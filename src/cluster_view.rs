@@ -32,6 +32,10 @@ pub struct NamespaceFacts {
 pub struct ClusterView {
     client: Client,
     services: Store<Service>,
+    /// Turns true once the cache holds a complete first listing. (kube-runtime's
+    /// `Store::wait_until_ready` wakes only the last of several tasks waiting at once, so exactly
+    /// one task waits on it and everyone else on this.)
+    ready: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Selectors and budgets that concern one pod, owned so that the decision can borrow them.
@@ -58,12 +62,23 @@ impl ClusterView {
         .reflect(writer)
         .for_each(|_| futures::future::ready(()));
         tokio::spawn(stream);
-        ClusterView { client, services }
+        let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        let store = services.clone();
+        tokio::spawn(async move {
+            if store.wait_until_ready().await.is_ok() {
+                let _ = ready_tx.send(true);
+            }
+        });
+        ClusterView {
+            client,
+            services,
+            ready,
+        }
     }
 
-    /// Waits until the cache holds a complete first listing.
+    /// Waits until the cache holds a complete first listing (any number of tasks may wait).
     pub async fn ready(&self) {
-        let _ = self.services.wait_until_ready().await;
+        let _ = self.ready.clone().wait_for(|r| *r).await;
     }
 
     pub fn client(&self) -> &Client {

@@ -170,6 +170,19 @@ pub struct Args {
     /// a seal are adopted for this long; 0: never (a fresh install).
     #[arg(long, env = "PGD_SEAL_ADOPT_UNSEALED_SECONDS", default_value_t = 0)]
     pub seal_adopt_unsealed_seconds: u64,
+    /// Longest offset between this replica's clock and the API server's with which it may lead
+    /// (it corrects for the offset either way; a larger one means a broken clock).
+    #[arg(long, env = "PGD_MAX_CLOCK_SKEW_SECONDS", default_value_t = 5)]
+    pub max_clock_skew_seconds: u64,
+    /// Tests only: pretend the system clock is off by this many seconds.
+    #[arg(
+        long,
+        env = "PGD_CLOCK_OFFSET_FOR_TESTS_SECONDS",
+        default_value_t = 0,
+        hide = true,
+        allow_hyphen_values = true
+    )]
+    pub clock_offset_for_tests_seconds: i64,
     /// Log format.
     #[arg(long, env = "PGD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -21,6 +21,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 
+use crate::clock::Clock;
 use crate::cluster_view::ClusterView;
 use crate::decision::Policy;
 use crate::deletion::{self, Step, Withheld};
@@ -70,6 +71,8 @@ pub struct Deleter {
     pub keys: SealKeys,
     /// The Service cache: which Services' EndpointSlices to ask about a due pod.
     pub view: ClusterView,
+    /// "Due yet?" is judged by the earliest the API server's time can be: never early.
+    pub clock: Clock,
 }
 
 /// Warnings given once per pod (by uid) and kind, for as long as the pod is watched.
@@ -135,7 +138,7 @@ impl Deleter {
         keys: &KeySet,
         announced: &Announced,
     ) {
-        let now = Timestamp::now();
+        let now = self.clock.earliest();
         let pods = store.state();
         announced.keep_only(&pods.iter().filter_map(|m| m.uid()).collect());
         // From the cache: only pods with something to do now are re-read.
@@ -220,7 +223,7 @@ impl Deleter {
             return Ok(());
         };
         let uid = version.uid.clone();
-        let now = Timestamp::now();
+        let now = self.clock.earliest();
         let mark = self.mark(keys, Some(&uid), pod.labels(), pod.annotations(), now);
         let mut facts = deletion::Pod {
             mark: &mark,

@@ -10,6 +10,8 @@
 use std::time::{Duration, Instant};
 
 use kube::Client;
+
+use crate::clock::Clock;
 use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
 use tokio::sync::watch;
 
@@ -42,6 +44,9 @@ pub struct Election {
     pub lease_name: String,
     pub identity: String,
     pub ttl: Duration,
+    /// A replica whose clock is too far off the API server's does not even try to lead (the
+    /// Lease's times, and every delete-at, are judged by clocks).
+    pub clock: Clock,
 }
 
 impl Election {
@@ -71,7 +76,25 @@ impl Election {
             let mut was_leading = false;
             loop {
                 let sent = Instant::now();
-                match lock.try_acquire_or_renew().await {
+                let attempt = match self.clock.fit_to_lead() {
+                    Ok(()) => Some(lock.try_acquire_or_renew().await),
+                    Err(offset) => {
+                        if was_leading {
+                            tracing::warn!(offset_ms = ?offset.map(|o| o.as_millis()), "clock too far off the API server's: stepping down");
+                            let _ = lock.step_down().await;
+                        }
+                        None
+                    }
+                };
+                let Some(attempt) = attempt else {
+                    was_leading = false;
+                    let _ = tx.send(None);
+                    tokio::select! {
+                        _ = tokio::time::sleep(period) => continue,
+                        _ = shutdown.changed() => return,
+                    }
+                };
+                match attempt {
                     Ok(LeaseLockResult::Acquired(_)) => {
                         if !was_leading {
                             tracing::info!(identity = %self.identity, "leading: the deleter runs here");

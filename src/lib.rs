@@ -15,6 +15,7 @@ pub mod budget_writes;
 pub mod cert_secret;
 pub mod certs;
 pub mod client_auth;
+pub mod clock;
 pub mod cluster_view;
 pub mod config;
 pub mod decision;

@@ -10,6 +10,7 @@ use clap::Parser;
 use pod_graceful_drain::admission::{self, Admission};
 use pod_graceful_drain::cert_secret::{self, CertSecret, Manage};
 use pod_graceful_drain::certs::Want;
+use pod_graceful_drain::clock::Clock;
 use pod_graceful_drain::cluster_view::ClusterView;
 use pod_graceful_drain::config::{Args, Command, UninstallArgs};
 use pod_graceful_drain::deleter::Deleter;
@@ -157,6 +158,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tls.clone().watch(Duration::from_secs(5));
 
     let keys = seal_keys(&args, &client).await;
+    let clock = Clock::new(
+        jiff::SignedDuration::from_secs(args.clock_offset_for_tests_seconds),
+        Duration::from_secs(args.max_clock_skew_seconds),
+    );
+    // Not ready (no delete-at is written) before the offset from the API server is known.
+    let mut delay = Duration::from_millis(200);
+    while let Err(e) = clock.sample(&client).await {
+        tracing::warn!(error = %e, "could not measure the clock offset yet");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+    clock.clone().spawn(client.clone());
     let view = ClusterView::start(client.clone());
     let events = Events::new(client.clone(), &args.identity);
     let policy = args.policy();
@@ -169,12 +182,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         field_manager: FIELD_MANAGER.into(),
         instance: args.instance.clone(),
         keys: keys.clone(),
+        clock: clock.clone(),
     });
     let (leadership, election) = Election {
         namespace: args.namespace.clone(),
         lease_name: args.lease_name.clone(),
         identity: args.identity.clone(),
         ttl: Duration::from_secs(args.lease_seconds),
+        clock: clock.clone(),
     }
     .start(client.clone(), shutdown.clone());
     let deleter = Deleter {
@@ -187,6 +202,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         instance: args.instance.clone(),
         keys,
         view: view.clone(),
+        clock,
     };
     let deleter = tokio::spawn(deleter.run(shutdown.clone()));
 

@@ -103,6 +103,7 @@ fn deleter(env: &TestEnv, identity: &str, instance: &str, endpoint_wait_max: Dur
         instance: instance.to_string(),
         keys: SealKeys::fixed(keys()),
         view: ClusterView::start(env.client.clone()),
+        clock: pod_graceful_drain::clock::Clock::system(),
     }
 }
 
