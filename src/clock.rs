@@ -229,10 +229,11 @@ mod tests {
             t("2026-12-01T10:00:00.010Z"),
             t("2026-12-01T10:00:00Z"),
         );
+        // Sent just before the server's second ticked over: it bounds the offset from above.
         let b = Skew::sample(
-            t("2026-12-01T10:00:05.900Z"),
-            t("2026-12-01T10:00:05.910Z"),
-            t("2026-12-01T10:00:06Z"),
+            t("2026-12-01T10:00:05.950Z"),
+            t("2026-12-01T10:00:05.960Z"),
+            t("2026-12-01T10:00:05Z"),
         );
         let both = a.with(b);
         assert!(both.high - both.low < a.high - a.low);
