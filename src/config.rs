@@ -166,8 +166,8 @@ pub struct Args {
     /// drain can be using them).
     #[arg(long, env = "PGD_SEAL_ROTATION_SECONDS", default_value_t = 30 * 24 * 3600)]
     pub seal_rotation_seconds: u64,
-    /// When the first seal key is made (an upgrade from a version before seals), drains without
-    /// a seal are adopted for this long; 0: never (a fresh install).
+    /// When the first seal key is made and the Lease already exists (an upgrade from a version
+    /// before seals), drains without a seal are adopted for this long; 0: never.
     #[arg(long, env = "PGD_SEAL_ADOPT_UNSEALED_SECONDS", default_value_t = 0)]
     pub seal_adopt_unsealed_seconds: u64,
     /// Longest offset between this replica's clock and the API server's with which it may lead

@@ -114,6 +114,7 @@ async fn seal_keys(args: &Args, client: &kube::Client) -> SealKeys {
         // Longer than any drain sealed before a rotation can still be running.
         keep_superseded: 2 * max + Duration::from_secs(args.endpoint_wait_max_seconds + 3600),
         adopt_unsealed: Duration::from_secs(args.seal_adopt_unsealed_seconds),
+        lease_name: args.lease_name.clone(),
         field_manager: FIELD_MANAGER.into(),
     };
     let mut delay = Duration::from_millis(200);

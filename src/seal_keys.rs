@@ -94,9 +94,12 @@ pub struct KeyKeeper {
     pub rotate_every: Duration,
     /// How long a superseded key still verifies: longer than any drain it may have sealed.
     pub keep_superseded: Duration,
-    /// When the first key is made, drains without a seal (an earlier version's) are adopted for
-    /// this long; zero: never.
+    /// When the first key is made while this installation's Lease already exists (so an earlier
+    /// version ran: every replica of this one makes or reads the keys before it elects), drains
+    /// without a seal (that version's) are adopted for this long; zero: never.
     pub adopt_unsealed: Duration,
+    /// The installation's Lease.
+    pub lease_name: String,
     pub field_manager: String,
 }
 
@@ -130,7 +133,15 @@ impl KeyKeeper {
                     rotated
                 }
                 None => {
-                    let adopt = (!self.adopt_unsealed.is_zero()).then(|| {
+                    let upgrade = !self.adopt_unsealed.is_zero()
+                        && Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+                            self.client.clone(),
+                            &self.namespace,
+                        )
+                        .get_opt(&self.lease_name)
+                        .await?
+                        .is_some();
+                    let adopt = upgrade.then(|| {
                         now.checked_add(
                             jiff::SignedDuration::try_from(self.adopt_unsealed).unwrap_or_default(),
                         )
