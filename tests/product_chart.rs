@@ -762,10 +762,14 @@ async fn the_cert_manager_and_network_policy_options_render_what_they_need() -> 
             .count(),
         2
     );
-    assert!(
-        !cm.contains("kind: Secret"),
-        "cert-manager writes the Secret"
+    // The one Secret rendered is the seal keys'; cert-manager writes the TLS one.
+    assert_eq!(
+        cm.matches("kind: Secret\n").count(),
+        1,
+        "cert-manager writes the TLS Secret"
     );
+    assert!(cm.contains("name: t-pod-graceful-drain-seal\n"));
+    assert!(!cm.contains("name: t-pod-graceful-drain-tls\n  namespace"));
     assert!(cm.contains("- name: PGD_TLS_MANAGE\n              value: \"false\""));
     assert!(cm.contains("PGD_UNINSTALL_DELETE_SECRETS"));
     assert!(
@@ -831,16 +835,75 @@ async fn an_upgrade_from_the_previous_chart_switches_client_auth_on_and_keeps_sc
             .success(),
         "unpacking the previous chart"
     );
+    // The image under test is the current one (the previous chart's image is not built here), and
+    // it seals every schedule with keys from a Secret the previous chart neither renders nor grants.
+    // Provide both as the current chart would, the Secret carrying Helm's ownership so that the
+    // upgrade adopts it (and the drains sealed before the upgrade stay verifiable after it).
+    let release = env.namespace.clone();
+    let release_ns = format!("{release}-pgd");
+    let fullname = format!("{release}-pod-graceful-drain");
+    let seal_secret = format!("{fullname}-seal");
+    let provision = {
+        let client = env.client.clone();
+        let (release, release_ns, fullname, seal_secret) = (
+            release.clone(),
+            release_ns.clone(),
+            fullname.clone(),
+            seal_secret.clone(),
+        );
+        tokio::spawn(async move {
+            let namespaces: Api<Namespace> = Api::all(client.clone());
+            wait::until(
+                &namespaces,
+                &release_ns,
+                "the release namespace",
+                Duration::from_secs(60),
+                |n: Option<&Namespace>| n.is_some(),
+            )
+            .await?;
+            let pp = kube::api::PostParams::default();
+            Api::<Secret>::namespaced(client.clone(), &release_ns)
+                .create(
+                    &pp,
+                    &serde_json::from_value(json!({"metadata": {
+                        "name": seal_secret,
+                        "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                        "annotations": {"meta.helm.sh/release-name": release,
+                                        "meta.helm.sh/release-namespace": release_ns}},
+                        "type": "Opaque"}))?,
+                )
+                .await?;
+            Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(client.clone(), &release_ns)
+                .create(
+                    &pp,
+                    &serde_json::from_value(json!({"metadata": {"name": "seal-keys"},
+                        "rules": [{"apiGroups": [""], "resources": ["secrets"],
+                                   "resourceNames": [seal_secret], "verbs": ["get", "update"]}]}))?,
+                )
+                .await?;
+            Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client, &release_ns)
+                .create(
+                    &pp,
+                    &serde_json::from_value(json!({"metadata": {"name": "seal-keys"},
+                        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "seal-keys"},
+                        "subjects": [{"kind": "ServiceAccount", "name": fullname, "namespace": release_ns}]}))?,
+                )
+                .await?;
+            anyhow::Ok(())
+        })
+    };
     let install = Install::new(
         &env,
         Options {
             chart: Some(dir.join("chart")),
             client_auth: pgd_testbed::product::ClientAuth::None,
             drain_seconds: 40,
+            extra_env: vec![("PGD_SEAL_SECRET".into(), seal_secret.clone())],
             ..Options::default()
         },
     )
     .await?;
+    provision.await??;
     let pods = env.serve_demo("web", 3, json!({})).await?;
     let api: Api<Pod> = env.api();
     let before = evict_and_wait_draining(&api, &pods[0].name_any()).await?;
