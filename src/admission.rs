@@ -76,6 +76,8 @@ pub struct HttpAnswer {
 pub struct Slot {
     permit: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
     arrived: tokio::time::Instant,
+    /// The time the API server gives this call (its `timeout` query parameter), if it said.
+    caller_timeout: Option<Duration>,
 }
 
 impl Default for Slot {
@@ -83,16 +85,21 @@ impl Default for Slot {
         Slot {
             permit: Default::default(),
             arrived: tokio::time::Instant::now(),
+            caller_timeout: None,
         }
     }
 }
 
+/// What an answer keeps back from the caller's timeout, for the way back to the API server.
+const ANSWER_MARGIN: Duration = Duration::from_secs(1);
+
 impl Slot {
-    /// A slot for a request whose headers arrived just now.
-    pub fn new(permit: OwnedSemaphorePermit) -> Slot {
+    /// A slot for a request whose headers arrived just now, with the time its caller gives it.
+    pub fn new(permit: OwnedSemaphorePermit, caller_timeout: Option<Duration>) -> Slot {
         Slot {
             permit: Arc::new(std::sync::Mutex::new(Some(permit))),
             arrived: tokio::time::Instant::now(),
+            caller_timeout,
         }
     }
     pub fn release(&self) {
@@ -100,6 +107,15 @@ impl Slot {
     }
     pub fn arrived(&self) -> tokio::time::Instant {
         self.arrived
+    }
+    /// When the answer is due: within the hold budget of the arrival, and a margin before the
+    /// caller's own timeout when it gives less (a re-run call after a stale-object deny gets
+    /// only what its request has left; past it the API server fails open and deletes at once).
+    pub fn due(&self, hold_budget: Duration) -> tokio::time::Instant {
+        let caller = self
+            .caller_timeout
+            .map_or(hold_budget, |t| t.saturating_sub(ANSWER_MARGIN));
+        self.arrived + hold_budget.min(caller)
     }
 }
 
@@ -165,9 +181,10 @@ impl Admission {
             Origin::Unverified
         };
         // The answer is due within the hold budget of the request's arrival, below the webhook's
-        // timeout: past it the API server would go ahead without us (failurePolicy Ignore) and
-        // a DELETE would take the pod at once. Slow API calls shorten the hold, never extend it.
-        let due = slot.arrived() + self.policy.hold_budget;
+        // timeout, and before the time the API server gives this very call: past it the API
+        // server would go ahead without us (failurePolicy Ignore) and a DELETE would take the pod
+        // at once. Slow API calls shorten the hold, never extend it.
+        let due = slot.due(self.policy.hold_budget);
         let reply = match tokio::time::timeout_at(due, self.handle(incoming, origin, slot, due))
             .await
         {

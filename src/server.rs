@@ -288,7 +288,8 @@ async fn serve_connection<S>(
                 activity.begin();
                 let response = match requests.try_acquire_owned() {
                     Ok(permit) => {
-                        req.extensions_mut().insert(Slot::new(permit));
+                        let timeout = crate::review::caller_timeout(req.uri().query());
+                        req.extensions_mut().insert(Slot::new(permit, timeout));
                         router.oneshot(req.map(Body::new)).await
                     }
                     Err(_) => {

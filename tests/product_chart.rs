@@ -953,3 +953,52 @@ async fn an_upgrade_from_the_previous_chart_switches_client_auth_on_and_keeps_sc
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[tokio::test]
+async fn changing_the_instance_on_upgrade_is_refused_and_the_drains_go_on() -> anyhow::Result<()> {
+    let env = TestEnv::new("chart-instance").await?;
+    let install = Install::new(
+        &env,
+        Options {
+            replicas: 1,
+            drain_seconds: 20,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let pods = env.serve_demo("web", 2, json!({})).await?;
+    let api: Api<Pod> = env.api();
+    let draining = evict_and_wait_draining(&api, &pods[0].name_any()).await?;
+    let at = delete_at(&draining)?;
+    let refused = install
+        .run_helm(&[
+            "upgrade",
+            &install.release,
+            &chart_dir().display().to_string(),
+            "--reuse-values",
+            "--set",
+            "instance=another",
+        ])
+        .await;
+    let message = match refused {
+        Ok(out) => panic!(
+            "the instance changed on upgrade: {}",
+            String::from_utf8_lossy(&out.stdout)
+        ),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        message.contains("instance cannot change on upgrade")
+            && message.contains("--set instance="),
+        "{message}"
+    );
+    // The running release is untouched: its replicas still carry the drain out on time.
+    deleted_between(
+        &api,
+        &draining,
+        at,
+        at + jiff::SignedDuration::from_secs(10),
+    )
+    .await?;
+    Ok(())
+}

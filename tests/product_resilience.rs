@@ -215,3 +215,81 @@ async fn a_drain_longer_than_the_budget_answers_at_the_deadline_and_deletes_on_t
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_held_delete_under_a_slowed_api_is_still_answered_before_the_webhook_timeout()
+-> anyhow::Result<()> {
+    let env = TestEnv::new("slowapi").await?;
+    // One replica, so the review surely reaches the slowed one. Hold 20 s: the webhook's timeout
+    // is 25 s, so 5 s of slow API calls counted outside the hold would let the DELETE through.
+    // Drain 40 s: longer than the hold, and within reach of a second call's own hold.
+    let install = Install::new(
+        &env,
+        Options {
+            replicas: 1,
+            hold_seconds: 20,
+            drain_seconds: 40,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let pods = app(&env, 2).await?;
+    let api: Api<Pod> = env.api();
+    let name = pods[0].name_any();
+    let replica = install.replicas().await?.remove(0);
+    let ip = replica
+        .status
+        .and_then(|s| s.pod_ip)
+        .ok_or_else(|| anyhow::anyhow!("the replica has no IP"))?;
+    // Every call the replica makes to the API now waits on a 32 kbit/s link: the isolation patch
+    // and its events take seconds instead of milliseconds.
+    let slow = pgd_testbed::faults::SlowApi::new(&ip, 32)?;
+    let t = Instant::now();
+    let out = kubectl(env.target)
+        .args([
+            "-n",
+            &env.namespace,
+            "delete",
+            "pod",
+            &name,
+            "--wait=false",
+            "--request-timeout=60s",
+        ])
+        .output()?;
+    let answered = t.elapsed();
+    drop(slow);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("kubectl delete answered after {answered:?}: {stderr}");
+    // Past the webhook's timeout the API server goes ahead without us (failurePolicy Ignore) and
+    // the pod would be deleted at once, still in its load balancers. The API server calls the
+    // webhook twice here: the first answer (held 20 s, then denied) judged a pod our isolation
+    // patch had changed, so it calls again on the stored pod with what its request has left
+    // (`?timeout=14s`), and that answer must come within it too.
+    let ours = stderr.contains("is draining");
+    if out.status.success() || !ours {
+        eprintln!("{}", install.replica_logs());
+    }
+    assert!(
+        !out.status.success(),
+        "the DELETE went through at once after {answered:?}"
+    );
+    assert!(ours, "not answered by the webhook: {stderr}");
+    let pod = api.get(&name).await?;
+    assert!(
+        pod.metadata.deletion_timestamp.is_none(),
+        "the pod is being deleted"
+    );
+    assert!(
+        pod.labels().contains_key(schedule::DRAINING_LABEL),
+        "the pod was not isolated: {:?}",
+        pod.labels()
+    );
+    let delete_at: Timestamp = pod.annotations()[schedule::DELETE_AT].parse()?;
+    deleted_by(
+        &api,
+        &pods[0],
+        delete_at.checked_add(jiff::SignedDuration::from_secs(3))?,
+    )
+    .await?;
+    Ok(())
+}

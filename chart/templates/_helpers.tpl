@@ -64,6 +64,28 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail "clientAuth.caConfigMap.name or clientAuth.caSecret.name must name the client CA" -}}
 {{- end -}}
 {{- end -}}
+{{- include "pgd.keepInstance" . -}}
+{{- end -}}
+
+{{/*
+The instance cannot change on upgrade. The pods drained by the running release carry its instance
+in their draining label and sealed schedules; replicas of another instance would pass them as
+another installation's, and they would stay out of their Services and controllers. Refused with
+the way out. `lookup` reads the running Deployment (it answers nothing under `helm template` and
+client-side dry runs, where nothing is running to compare with).
+*/}}
+{{- define "pgd.keepInstance" -}}
+{{- $running := lookup "apps/v1" "Deployment" .Release.Namespace (include "pgd.fullname" .) -}}
+{{- $want := include "pgd.instance" . -}}
+{{- if $running -}}
+{{- range $c := $running.spec.template.spec.containers -}}
+{{- range $e := (default list $c.env) -}}
+{{- if and (eq $e.name "PGD_INSTANCE") (ne (toString $e.value) $want) -}}
+{{- fail (printf "instance cannot change on upgrade (running: %q, this upgrade: %q): the pods the running release is draining carry %q and would be left out of their Services; upgrade with --set instance=%s, or uninstall (which finishes every drain) and install again" $e.value $want $e.value $e.value) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Environment shared by the replicas and the uninstall hook. */}}

@@ -318,5 +318,56 @@ fn reason_for(code: u16) -> &'static str {
     }
 }
 
+/// The time the API server gives this call, from the `timeout` query parameter it adds to a
+/// webhook's URL (a Go duration: `14s`, `1m4.5s`, `500ms`). It is the webhook's `timeoutSeconds`,
+/// or less when the request itself has less left: the API server calls a validating webhook a
+/// second time when its first answer denied a request judged on a stale object, and that call
+/// gets only what remains. `None` for anything else (absent, malformed, absurd).
+pub fn caller_timeout(query: Option<&str>) -> Option<std::time::Duration> {
+    let value = query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("timeout="))?;
+    go_duration(value)
+}
+
+/// A Go `time.Duration` string, non-negative, at most a day (nothing a webhook call is given).
+fn go_duration(s: &str) -> Option<std::time::Duration> {
+    const UNITS: [(&str, f64); 7] = [
+        ("ns", 1e-9),
+        ("us", 1e-6),
+        ("\u{b5}s", 1e-6),
+        ("ms", 1e-3),
+        ("s", 1.0),
+        ("m", 60.0),
+        ("h", 3600.0),
+    ];
+    if s.is_empty() || s.len() > 32 {
+        return None;
+    }
+    if s == "0" {
+        return Some(std::time::Duration::ZERO);
+    }
+    let mut rest = s;
+    let mut total = 0.0f64;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        // Longest unit first: "ms" before "m", "s".
+        let (unit, scale) = UNITS
+            .iter()
+            .filter(|(u, _)| rest.starts_with(u))
+            .max_by_key(|(u, _)| u.len())?;
+        total += number * scale;
+        rest = &rest[unit.len()..];
+    }
+    (total <= 86_400.0).then(|| std::time::Duration::from_secs_f64(total))
+}
+
 #[cfg(test)]
 mod tests;

@@ -253,3 +253,37 @@ fn names_kubernetes_would_refuse_are_refused() {
     r["uid"] = json!("u".repeat(600));
     assert_eq!(parse(&review(r)).unwrap_err().status(), 400);
 }
+
+#[test]
+fn the_callers_timeout_is_read_from_the_query_as_a_go_duration() {
+    use std::time::Duration;
+    assert_eq!(
+        caller_timeout(Some("timeout=14s")),
+        Some(Duration::from_secs(14))
+    );
+    assert_eq!(
+        caller_timeout(Some("a=b&timeout=1m4.5s")),
+        Some(Duration::from_millis(64_500))
+    );
+    assert_eq!(
+        caller_timeout(Some("timeout=500ms")),
+        Some(Duration::from_millis(500))
+    );
+    assert_eq!(caller_timeout(Some("timeout=0")), Some(Duration::ZERO));
+    for bad in [
+        "timeout=",
+        "timeout=s",
+        "timeout=14",
+        "timeout=-1s",
+        "timeout=25h",
+        "timeout=1e9s",
+        "x=1",
+    ] {
+        assert_eq!(caller_timeout(Some(bad)), None, "{bad}");
+    }
+    assert_eq!(
+        caller_timeout(Some(&format!("timeout={}", "9".repeat(40)))),
+        None
+    );
+    assert_eq!(caller_timeout(None), None);
+}

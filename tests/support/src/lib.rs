@@ -10,6 +10,7 @@ mod apps;
 mod cluster;
 pub mod drain;
 mod error;
+pub mod faults;
 pub mod fetch;
 mod namespace;
 mod netns;

@@ -268,7 +268,9 @@ impl Install {
         Ok(leader)
     }
 
-    /// Every replica ready and behind the Service, and the CA bundle in both webhooks.
+    /// Every replica ready and behind the Service, no replica of an earlier revision left (one
+    /// that is shutting down still answers the connections the API server holds open to it for
+    /// its shutdown grace), and the CA bundle in both webhooks.
     pub async fn wait_ready(&self, replicas: usize) -> Result<()> {
         let deployments: Api<Deployment> = self.api();
         wait::until(
@@ -277,6 +279,14 @@ impl Install {
             "pod-graceful-drain to be Available",
             Duration::from_secs(120),
             conditions::deployment_complete,
+        )
+        .await?;
+        wait::until_list(
+            &self.api::<Pod>(),
+            kube::runtime::watcher::Config::default().labels(PRODUCT_PODS),
+            &format!("only {replicas} replicas of pod-graceful-drain, none shutting down"),
+            Duration::from_secs(180),
+            |pods: &[Pod]| pods.len() == replicas,
         )
         .await?;
         wait::service_endpoints_ready(
