@@ -236,11 +236,7 @@ async fn a_held_delete_under_a_slowed_api_is_still_answered_before_the_webhook_t
     let pods = app(&env, 2).await?;
     let api: Api<Pod> = env.api();
     let name = pods[0].name_any();
-    let replica = install.replicas().await?.remove(0);
-    let ip = replica
-        .status
-        .and_then(|s| s.pod_ip)
-        .ok_or_else(|| anyhow::anyhow!("the replica has no IP"))?;
+    let (_, ip) = install.replica_with_ip().await?;
     // Every call the replica makes to the API now waits on a 32 kbit/s link: the isolation patch
     // and its events take seconds instead of milliseconds.
     let slow = pgd_testbed::faults::SlowApi::new(&ip, 32)?;

@@ -4,8 +4,8 @@
 //! class with a tiny rate on the pod's `eth0`, and a u32 filter that sends only the pod's packets
 //! to the API server (destination port 443, the `kubernetes` Service, or 6443) through it. Every
 //! request the pod makes to the API, and every ACK it returns while reading an answer, waits its
-//! turn on that class; the webhook's own answers to the API server (source port 8443, another
-//! destination port) go through the fast default class untouched.
+//! turn on that class; the webhook's own answers to the API server (from the webhook port, to the
+//! API server's ephemeral port) go through the fast default class untouched.
 
 use std::path::PathBuf;
 use std::process::Command;
