@@ -13,24 +13,24 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::{Api, ResourceExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::budget_writes::{self, Spent};
-use crate::client_auth::Caller;
-use crate::clock::Clock;
-use crate::cluster_view::ClusterView;
-use crate::decision::{
+use crate::core::decision::{
     self, Answer, Decision, Facts, LongDrain, Operation, Origin, PassReason, PodView, Policy,
     Request,
 };
-use crate::events::Events;
-use crate::facts;
-use crate::isolation::Selecting;
-use crate::pod_writes::{self, Outcome, Version};
-use crate::review::{self, BadReview, Incoming, Reply};
-use crate::seal::{self, Mark, Unsealed};
-use crate::seal_keys::SealKeys;
+use crate::core::facts;
+use crate::core::isolation::Selecting;
+use crate::core::keys::OWN_POD_LABEL;
+use crate::core::review::{self, BadReview, Incoming, Reply};
+use crate::core::seal::{self, Mark, Unsealed};
+use crate::k8s::Outcome;
+use crate::k8s::budget_writes::{self, Spent};
+use crate::k8s::clock::Clock;
+use crate::k8s::cluster_view::ClusterView;
+use crate::k8s::events::Events;
+use crate::k8s::pod_writes::{self, Version};
+use crate::k8s::seal_keys::SealKeys;
+use crate::tls::client_auth::Caller;
 
-/// Label that marks the product's own pods (never drained).
-pub const OWN_POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "pod-graceful-drain");
 /// How many times a request re-reads and re-decides after a conflicting write.
 const ATTEMPTS: usize = 5;
 /// Held answers at once (each is a connection of the API server's kept open up to the hold).
@@ -44,7 +44,6 @@ pub struct Admission {
     pub held_over_cap: AtomicU64,
     pub view: ClusterView,
     pub events: Events,
-    pub field_manager: String,
     /// This installation's name, the draining label's value.
     pub instance: String,
     /// The keys that seal schedules (and tell ours from forgeries).
@@ -126,7 +125,7 @@ struct Glance {
     /// Carries the draining label (its answer is repeated; it may be held).
     draining: bool,
     /// The Services that select it (only looked up when serving).
-    services: Vec<(String, crate::selector::Selector)>,
+    services: Vec<(String, crate::core::selector::Selector)>,
 }
 
 impl Glance {
@@ -317,7 +316,7 @@ impl Admission {
         let serving = ready && !terminating && phase == Some("Running");
         Glance {
             serving,
-            draining: pod.labels().contains_key(crate::schedule::DRAINING_LABEL),
+            draining: pod.labels().contains_key(crate::core::keys::DRAINING_LABEL),
             // Scanned once per look, and only for a pod that could be serving.
             services: if serving {
                 self.view.selecting_services(pod)
@@ -427,7 +426,7 @@ impl Admission {
                     (PassReason::OptedOut, None) => Some(Notice {
                         warning: false,
                         reason: "DrainSkipped",
-                        note: format!("Not drained: annotated {}", crate::schedule::OPT_OUT),
+                        note: format!("Not drained: annotated {}", crate::core::keys::OPT_OUT),
                     }),
                     (PassReason::BudgetRefuses, None) => Some(Notice {
                         warning: false,
@@ -483,16 +482,8 @@ impl Admission {
                     };
                     let api: Api<Pod> = Api::namespaced(self.view.client().clone(), &ns);
                     let sealed = keys.seal(&version.uid, &self.instance, &plan.schedule, now);
-                    match pod_writes::isolate(
-                        &api,
-                        &name,
-                        &version,
-                        &plan,
-                        &self.field_manager,
-                        &self.instance,
-                        &sealed,
-                    )
-                    .await?
+                    match pod_writes::isolate(&api, &name, &version, &plan, &self.instance, &sealed)
+                        .await?
                     {
                         Outcome::Done => {
                             let by = request.requested_by();
@@ -500,7 +491,7 @@ impl Admission {
                             let mut note = format!(
                                 "Taken out of its Services and controller (labels {:?} removed, kept in {}); deleted at {delete_at}; requested by {by}",
                                 plan.remove,
-                                crate::schedule::REMOVED_LABELS,
+                                crate::core::keys::REMOVED_LABELS,
                             );
                             if !warnings.is_empty() {
                                 note.push_str(&format!("; note: {}", warnings.join("; ")));
@@ -594,7 +585,7 @@ impl Admission {
 pub fn forged_note(instance: &str, why: &Unsealed) -> String {
     format!(
         "Labelled {}={instance}, but {why}: not a drain of pod-graceful-drain, nothing is deleted on its account (the pod is judged as any other)",
-        crate::schedule::DRAINING_LABEL
+        crate::core::keys::DRAINING_LABEL
     )
 }
 

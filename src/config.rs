@@ -10,10 +10,10 @@ use clap::{Parser, ValueEnum};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use crate::client_auth;
-use crate::decision::{LongDrain, Policy};
-use crate::schedule::DrainBounds;
-use crate::selector::Selector;
+use crate::core::decision::{LongDrain, Policy};
+use crate::core::schedule::DrainBounds;
+use crate::core::selector::Selector;
+use crate::tls::client_auth;
 
 /// The API server gives up on a webhook after at most 30 s; a held answer must come before that.
 pub const WEBHOOK_TIMEOUT_CEILING: Duration = Duration::from_secs(30);

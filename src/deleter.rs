@@ -21,16 +21,18 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 
-use crate::clock::Clock;
-use crate::cluster_view::ClusterView;
-use crate::decision::Policy;
-use crate::deletion::{self, Step, Withheld};
-use crate::events::Events;
+use crate::core::decision::Policy;
+use crate::core::deletion::{self, Step, Withheld};
+use crate::core::keys::{DRAINING_LABEL, OPT_OUT};
+use crate::core::schedule::Schedule;
+use crate::core::seal::{self, KeySet, Mark, Unsealed};
+use crate::k8s::Outcome;
+use crate::k8s::clock::Clock;
+use crate::k8s::cluster_view::ClusterView;
+use crate::k8s::events::Events;
+use crate::k8s::pod_writes::{self, Version};
+use crate::k8s::seal_keys::SealKeys;
 use crate::leader::Leadership;
-use crate::pod_writes::{self, Outcome, Version};
-use crate::schedule::{DRAINING_LABEL, OPT_OUT, Schedule};
-use crate::seal::{self, KeySet, Mark, Unsealed};
-use crate::seal_keys::SealKeys;
 
 /// How often due pods are looked for: deletes happen within this of their delete-at.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -65,7 +67,6 @@ pub struct Deleter {
     /// The exclusions, opt-out and bounds are judged again before deleting.
     pub policy: Policy,
     pub endpoint_wait_max: Duration,
-    pub field_manager: String,
     /// Only pods drained by this installation (draining label value) are deleted here.
     pub instance: String,
     pub keys: SealKeys,
@@ -280,7 +281,7 @@ impl Deleter {
                 Step::Withhold(why) => {
                     if announced.first(&uid, "Withheld") {
                         self.events
-                            .publish(&pod, true, "DrainNotCarriedOut", format!("Due, but not deleted: {}. It stays out of its Services; put back the labels in {} or delete it", why.describe(), crate::schedule::REMOVED_LABELS))
+                            .publish(&pod, true, "DrainNotCarriedOut", format!("Due, but not deleted: {}. It stays out of its Services; put back the labels in {} or delete it", why.describe(), crate::core::keys::REMOVED_LABELS))
                             .await;
                     }
                     return Ok(());
@@ -316,12 +317,7 @@ impl Deleter {
             return Ok(false);
         }
         let done = call(pod_writes::rewrite_schedule(
-            api,
-            name,
-            version,
-            schedule,
-            seal,
-            &self.field_manager,
+            api, name, version, schedule, seal,
         ))
         .await?;
         Ok(done == Outcome::Done)
@@ -382,7 +378,7 @@ impl Deleter {
         {
             return Ok(Some(Withheld::OptedOut));
         }
-        let (k, v) = crate::admission::OWN_POD_LABEL;
+        let (k, v) = crate::core::keys::OWN_POD_LABEL;
         if pod.labels().get(k).map(String::as_str) == Some(v) {
             return Ok(Some(Withheld::OwnPod));
         }

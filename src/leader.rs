@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use kube::Client;
 
-use crate::clock::Clock;
+use crate::k8s::clock::Clock;
 use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
 use tokio::sync::watch;
 

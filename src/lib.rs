@@ -1,41 +1,38 @@
 //! pod-graceful-drain: keeps deleted and evicted pods serving until load balancers have let go of
 //! them.
 //!
-//! Pure (no I/O, unit-tested): `selector`, `isolation`, `eviction`, `schedule`, `facts`,
-//! `decision`, `review`, `config`, `certs`, `client_auth` (who is calling: the API server's client
-//! certificate, or an unverified caller). Edges (Kubernetes and network): `cluster_view`,
-//! `pod_writes`, `budget_writes`, `events`, `cert_secret`, `admission`, `leader`, `deleter`,
-//! `uninstall`, `tls`, `server` (bounded accept loops), `telemetry`.
-//! A request flows one way: TLS (caller verified or not) → server caps → review (typed, bounded)
-//! → the pod re-read from the API → cluster_view → decision → budget/pod writes (a 409 re-reads
-//! and decides again) → one event in the background → answer (held, if asked, outside the cap).
+//! # The layers (each imports only from the ones below it)
+//! - [`core`]: pure, no client, no clock, no tokio (`.ci/run` checks): the review's parse
+//!   (`review`), the admission decision (`decision`), the deleter's state machine (`deletion`),
+//!   and the rules they use: label selectors, isolation, the eviction handler's budget rules,
+//!   the schedule and its seal, clock skew, and every label and annotation of ours (`keys`).
+//! - [`k8s`]: every API read and write, each write guarded (uid / resourceVersion) and its 404 /
+//!   409 classified in one place: the cluster view (Service cache, live reads), pod writes, budget
+//!   writes, events, the seal keys' Secret, the API server's clock.
+//! - [`tls`]: the webhook port's TLS: client authentication, the serving certificate's renewal
+//!   (pure), its Secret, the resolver.
+//! - Runners: [`admission`] (one request), [`server`] (the ports, bounded), [`leader`] (the
+//!   election), [`deleter`] (the leader's deferred deletes), [`uninstall`] (the Helm hook).
+//! - Process: [`config`], [`telemetry`], and `main.rs`, which wires them.
+//!
+//! # A request's flow
+//! TLS (the caller verified, or not) → the server's caps (size, time, count) → `review::parse`
+//! (typed, bounded) → the pod re-read from the API (the review's `oldObject` is only a hint) →
+//! gather: the cluster view's facts (Services from the cache; controller, budgets, namespace
+//! live) → `decision::decide` (pure) → act: budget write, then the isolating patch (a 409 on
+//! either re-reads the pod and decides again, up to five times) → one event, in the background →
+//! the answer, at once or held until delete-at (outside the cap, within the caller's timeout).
+//! Later the leader's deleter reads the sealed schedule back from the pod, and `deletion::next`
+//! (pure) says what to do: repair, wait for the endpoints, withhold, or delete (guarded).
+
+pub mod core;
+pub mod k8s;
+pub mod tls;
 
 pub mod admission;
-pub mod budget_writes;
-pub mod cert_secret;
-pub mod certs;
-pub mod client_auth;
-pub mod clock;
-pub mod cluster_view;
 pub mod config;
-pub mod decision;
 pub mod deleter;
-pub mod deletion;
-pub mod events;
-pub mod eviction;
-pub mod facts;
-pub mod isolation;
 pub mod leader;
-pub mod pod_writes;
-pub mod review;
-pub mod schedule;
-pub mod seal;
-pub mod seal_keys;
-pub mod selector;
 pub mod server;
 pub mod telemetry;
-pub mod tls;
 pub mod uninstall;
-
-#[cfg(test)]
-mod test_support;

@@ -8,23 +8,21 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use pod_graceful_drain::admission::{self, Admission};
-use pod_graceful_drain::cert_secret::{self, CertSecret, Manage};
-use pod_graceful_drain::certs::Want;
-use pod_graceful_drain::clock::Clock;
-use pod_graceful_drain::cluster_view::ClusterView;
 use pod_graceful_drain::config::{Args, Command, UninstallArgs};
 use pod_graceful_drain::deleter::Deleter;
-use pod_graceful_drain::events::Events;
+use pod_graceful_drain::k8s;
+use pod_graceful_drain::k8s::clock::Clock;
+use pod_graceful_drain::k8s::cluster_view::ClusterView;
+use pod_graceful_drain::k8s::events::Events;
+use pod_graceful_drain::k8s::seal_keys::{KeyKeeper, SealKeys};
 use pod_graceful_drain::leader::Election;
-use pod_graceful_drain::seal_keys::{KeyKeeper, SealKeys};
 use pod_graceful_drain::server::{self, Readiness};
 use pod_graceful_drain::telemetry;
+use pod_graceful_drain::tls::renewal::Want;
+use pod_graceful_drain::tls::secret::{CertSecret, Manage};
 use pod_graceful_drain::tls::{ClientAuthConfig, ReloadingCert, ServerTls};
 use pod_graceful_drain::uninstall::Uninstall;
 use tokio::sync::watch;
-
-/// The field manager of every write of ours.
-const FIELD_MANAGER: &str = "pod-graceful-drain";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -85,18 +83,8 @@ async fn serving_cert(args: &Args, client: &kube::Client) -> anyhow::Result<Arc<
             webhook_configuration: args.webhook_configuration.clone(),
         }),
         cert: cert.clone(),
-        field_manager: FIELD_MANAGER.into(),
     };
-    // Not ready without a certificate: keep trying until the first one is served.
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match keeper.round().await {
-            Ok(_) => break,
-            Err(e) => tracing::warn!(error = %e, "no serving certificate yet"),
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(cert_secret::POLL);
-    }
+    keeper.first_certificate().await;
     keeper.spawn();
     Ok(cert)
 }
@@ -115,18 +103,8 @@ async fn seal_keys(args: &Args, client: &kube::Client) -> SealKeys {
         keep_superseded: 2 * max + Duration::from_secs(args.endpoint_wait_max_seconds + 3600),
         adopt_unsealed: Duration::from_secs(args.seal_adopt_unsealed_seconds),
         lease_name: args.lease_name.clone(),
-        field_manager: FIELD_MANAGER.into(),
     };
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match keeper.round().await {
-            Ok(()) if keys.get().is_some() => break,
-            Ok(()) => tracing::warn!("no seal keys yet"),
-            Err(e) => tracing::warn!(error = %e, "no seal keys yet"),
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
+    keeper.first_keys().await;
     keeper.spawn();
     keys
 }
@@ -164,12 +142,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Duration::from_secs(args.max_clock_skew_seconds),
     );
     // Not ready (no delete-at is written) before the offset from the API server is known.
-    let mut delay = Duration::from_millis(200);
-    while let Err(e) = clock.sample(&client).await {
-        tracing::warn!(error = %e, "could not measure the clock offset yet");
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
+    k8s::until_ok(
+        "could not measure the clock offset yet",
+        Duration::from_secs(5),
+        || clock.sample(&client),
+    )
+    .await;
     clock.clone().spawn(client.clone());
     let view = ClusterView::start(client.clone());
     let events = Events::new(client.clone(), &args.identity);
@@ -180,7 +158,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         held_over_cap: Default::default(),
         view: view.clone(),
         events: events.clone(),
-        field_manager: FIELD_MANAGER.into(),
         instance: args.instance.clone(),
         keys: keys.clone(),
         clock: clock.clone(),
@@ -199,7 +176,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         events,
         policy: args.policy(),
         endpoint_wait_max: Duration::from_secs(args.endpoint_wait_max_seconds),
-        field_manager: FIELD_MANAGER.into(),
         instance: args.instance.clone(),
         keys,
         view: view.clone(),

@@ -31,9 +31,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower::ServiceExt as _;
 
 use crate::admission::{Admission, Slot};
-use crate::client_auth::{self, Caller};
-use crate::review::MAX_REVIEW_BYTES;
+use crate::core::review::MAX_REVIEW_BYTES;
 use crate::tls::ServerTls;
+use crate::tls::client_auth::{self, Caller};
 
 /// Readiness, shared between the health server and whoever knows.
 #[derive(Clone, Default)]
@@ -288,7 +288,7 @@ async fn serve_connection<S>(
                 activity.begin();
                 let response = match requests.try_acquire_owned() {
                     Ok(permit) => {
-                        let timeout = crate::review::caller_timeout(req.uri().query());
+                        let timeout = crate::core::review::caller_timeout(req.uri().query());
                         req.extensions_mut().insert(Slot::new(permit, timeout));
                         router.oneshot(req.map(Body::new)).await
                     }

@@ -30,11 +30,13 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
-use crate::events::Events;
-use crate::pod_writes::{self, Outcome, Version};
-use crate::schedule::{DRAINING_LABEL, SavedDeleteOptions};
-use crate::seal::{self, KeySet, Mark};
-use crate::seal_keys;
+use crate::core::keys::DRAINING_LABEL;
+use crate::core::schedule::SavedDeleteOptions;
+use crate::core::seal::{self, KeySet, Mark};
+use crate::k8s::Outcome;
+use crate::k8s::events::Events;
+use crate::k8s::pod_writes::{self, Version};
+use crate::k8s::seal_keys;
 
 pub struct Uninstall {
     pub client: Client,
@@ -70,7 +72,7 @@ const REPLICAS_STOP: Duration = Duration::from_secs(120);
 fn report<T>(step: &str, r: Result<T, kube::Error>) -> Option<T> {
     match r {
         Ok(v) => Some(v),
-        Err(kube::Error::Api(e)) if e.code == 404 => None,
+        Err(e) if crate::k8s::outcome_of(&e) == Some(crate::k8s::Outcome::Gone) => None,
         Err(e) => {
             tracing::warn!(step, error = %e, "uninstall step failed; going on");
             None

@@ -14,7 +14,8 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use pgd_testbed::product::{ClientAuth, Install, Options};
 use pgd_testbed::{TestEnv, objects, testbed_client_cert};
-use pod_graceful_drain::schedule;
+use pod_graceful_drain::core::keys;
+use pod_graceful_drain::core::schedule;
 use serde_json::{Value, json};
 
 /// What came back from one forged POST.
@@ -110,7 +111,7 @@ fn grace_zero() -> Value {
 }
 
 fn draining(p: &Pod) -> bool {
-    p.labels().contains_key(schedule::DRAINING_LABEL)
+    p.labels().contains_key(keys::DRAINING_LABEL)
 }
 
 /// The pod is as it was: same labels, no schedule, not terminating.
@@ -119,7 +120,7 @@ fn untouched(before: &Pod, now: &Pod) -> bool {
         && !now
             .annotations()
             .keys()
-            .any(|k| k.starts_with(schedule::PREFIX) && k != schedule::OPT_OUT)
+            .any(|k| k.starts_with(keys::PREFIX) && k != keys::OPT_OUT)
         && now.metadata.deletion_timestamp.is_none()
 }
 
@@ -206,7 +207,7 @@ async fn forged_grace_zero_delete(mode: ClientAuth) -> anyhow::Result<()> {
         assert!(draining(&now), "{posted:?}: {:?}", now.labels());
         let saved = now
             .annotations()
-            .get(schedule::DELETE_OPTIONS)
+            .get(keys::DELETE_OPTIONS)
             .cloned()
             .unwrap_or_default();
         let saved: schedule::SavedDeleteOptions = serde_json::from_str(&saved).unwrap_or_default();
@@ -215,7 +216,7 @@ async fn forged_grace_zero_delete(mode: ClientAuth) -> anyhow::Result<()> {
             Some(0),
             "the forged grace period 0 was kept for the deferred delete"
         );
-        let by = &now.annotations()[schedule::REQUESTED_BY];
+        let by = &now.annotations()[keys::REQUESTED_BY];
         assert!(
             by.contains("unverified"),
             "an unauthenticated caller's user name was recorded as if vouched for: {by}"
@@ -236,11 +237,11 @@ async fn forged_old_object(mode: ClientAuth) -> anyhow::Result<()> {
         .patch(
             &name,
             &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {schedule::OPT_OUT: "true"}}})),
+            &Patch::Merge(json!({"metadata": {"annotations": {keys::OPT_OUT: "true"}}})),
         )
         .await?;
     let mut old = serde_json::to_value(&victim)?;
-    old["metadata"]["annotations"] = json!({schedule::DRAIN_SECONDS: "900"});
+    old["metadata"]["annotations"] = json!({keys::DRAIN_SECONDS: "900"});
     let ip = replica_ip(&install).await?;
     let posted = post(
         &ip,
@@ -370,7 +371,7 @@ async fn with_client_auth_required_another_client_of_the_cluster_ca_is_refused_a
         "an eviction through the API server was not served under clientAuth=required"
     );
     assert_eq!(
-        now.annotations()[schedule::REQUESTED_BY],
+        now.annotations()[keys::REQUESTED_BY],
         "kubernetes-admin",
         "the API server's word is recorded as it is"
     );
@@ -404,10 +405,10 @@ async fn with_client_auth_optional_an_unverified_caller_is_served_as_unverified_
     let api: Api<Pod> = env.api();
     let now = api.get(&victim.name_any()).await?;
     assert!(draining(&now), "{:?}", now.labels());
-    assert!(now.annotations()[schedule::REQUESTED_BY].contains("unverified"));
+    assert!(now.annotations()[keys::REQUESTED_BY].contains("unverified"));
     let saved: schedule::SavedDeleteOptions = serde_json::from_str(
         now.annotations()
-            .get(schedule::DELETE_OPTIONS)
+            .get(keys::DELETE_OPTIONS)
             .map(String::as_str)
             .unwrap_or("{}"),
     )?;

@@ -14,7 +14,7 @@ use kube::{Api, ResourceExt};
 use pgd_testbed::product::{Install, Options};
 use pgd_testbed::wait::{self, conditions};
 use pgd_testbed::{TestEnv, objects};
-use pod_graceful_drain::schedule;
+use pod_graceful_drain::core::keys;
 use serde_json::json;
 
 const REPLICA_NODE: &str = "pgd-node-2";
@@ -169,7 +169,7 @@ async fn the_network_policy_lets_only_the_api_server_reach_the_webhook_and_the_n
     api.evict(&victim, &Default::default()).await?;
     let now = api.get(&victim).await?;
     assert!(
-        now.labels().contains_key(schedule::DRAINING_LABEL),
+        now.labels().contains_key(keys::DRAINING_LABEL),
         "the API server's eviction was not served through the policy: {:?}",
         now.labels()
     );

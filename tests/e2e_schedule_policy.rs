@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, ResourceExt};
 use pgd_testbed::TestEnv;
 use pgd_testbed::product::{Install, Options};
-use pod_graceful_drain::schedule;
+use pod_graceful_drain::core::keys;
 use serde_json::json;
 
 fn refused_with(out: &std::process::Output, words: &str) -> bool {
@@ -43,9 +43,9 @@ async fn only_pod_graceful_drain_may_mark_a_pod_draining_or_change_its_schedule(
 
     // The forgery: draining, due an hour ago.
     let forged = json!({"metadata": {
-        "labels": {schedule::DRAINING_LABEL: instance},
-        "annotations": {schedule::STARTED_AT: "2026-01-01T00:00:00Z",
-                        schedule::DELETE_AT: "2026-01-01T00:00:01Z"}}});
+        "labels": {keys::DRAINING_LABEL: instance},
+        "annotations": {keys::STARTED_AT: "2026-01-01T00:00:00Z",
+                        keys::DELETE_AT: "2026-01-01T00:00:01Z"}}});
     for status in [false, true] {
         let out = env.patch_pod_as(Some(&forger), &target, status, &forged)?;
         assert!(
@@ -56,22 +56,19 @@ async fn only_pod_graceful_drain_may_mark_a_pod_draining_or_change_its_schedule(
         );
     }
     let now = api.get(&target).await?;
-    assert!(!now.labels().contains_key(schedule::DRAINING_LABEL));
+    assert!(!now.labels().contains_key(keys::DRAINING_LABEL));
     assert!(now.metadata.deletion_timestamp.is_none(), "the pod is gone");
 
     // A real drain, then a person (cluster admin) tries to move its delete-at: refused.
     let victim = pods[1].name_any();
     api.evict(&victim, &Default::default()).await?;
     let draining = api.get(&victim).await?;
-    assert_eq!(
-        draining.labels().get(schedule::DRAINING_LABEL),
-        Some(&instance)
-    );
+    assert_eq!(draining.labels().get(keys::DRAINING_LABEL), Some(&instance));
     let out = env.patch_pod_as(
         None,
         &victim,
         false,
-        &json!({"metadata": {"annotations": {schedule::DELETE_AT: "2026-01-01T00:00:01Z"}}}),
+        &json!({"metadata": {"annotations": {keys::DELETE_AT: "2026-01-01T00:00:01Z"}}}),
     )?;
     assert!(
         refused_with(&out, "written by\npod-graceful-drain only")
@@ -80,15 +77,15 @@ async fn only_pod_graceful_drain_may_mark_a_pod_draining_or_change_its_schedule(
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        api.get(&victim).await?.annotations()[schedule::DELETE_AT],
-        draining.annotations()[schedule::DELETE_AT]
+        api.get(&victim).await?.annotations()[keys::DELETE_AT],
+        draining.annotations()[keys::DELETE_AT]
     );
     // Cancelling the drain (removing the label) stays possible.
     let out = env.patch_pod_as(
         None,
         &victim,
         false,
-        &json!({"metadata": {"labels": {schedule::DRAINING_LABEL: null}}}),
+        &json!({"metadata": {"labels": {keys::DRAINING_LABEL: null}}}),
     )?;
     assert!(
         out.status.success(),

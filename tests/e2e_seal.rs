@@ -20,7 +20,7 @@ use kube::{Api, ResourceExt};
 use pgd_testbed::TestEnv;
 use pgd_testbed::product::{Install, Options};
 use pgd_testbed::wait;
-use pod_graceful_drain::schedule;
+use pod_graceful_drain::core::keys;
 use serde_json::json;
 
 fn without_schedule_policy(drain_seconds: u64, max_seconds: u64) -> Options {
@@ -68,13 +68,13 @@ async fn a_forged_drain_is_not_carried_out_and_the_pod_is_judged_afresh() -> any
 
     // The forgery, on the pod and through the status subresource: draining, due long ago.
     let forged = json!({"metadata": {
-        "labels": {schedule::DRAINING_LABEL: instance},
-        "annotations": {schedule::STARTED_AT: "2026-01-01T00:00:00Z",
-                        schedule::DELETE_AT: "2026-01-01T00:00:01Z",
-                        schedule::REQUESTED_BY: "system:admin",
-                        schedule::REASON: "delete",
-                        schedule::DELETE_OPTIONS: "{}",
-                        schedule::REMOVED_LABELS: "{}"}}});
+        "labels": {keys::DRAINING_LABEL: instance},
+        "annotations": {keys::STARTED_AT: "2026-01-01T00:00:00Z",
+                        keys::DELETE_AT: "2026-01-01T00:00:01Z",
+                        keys::REQUESTED_BY: "system:admin",
+                        keys::REASON: "delete",
+                        keys::DELETE_OPTIONS: "{}",
+                        keys::REMOVED_LABELS: "{}"}}});
     for (pod, status) in [(&pods[0], false), (&pods[1], true)] {
         let out = env.patch_pod_as(Some(&forger), &pod.name_any(), status, &forged)?;
         assert!(
@@ -86,7 +86,7 @@ async fn a_forged_drain_is_not_carried_out_and_the_pod_is_judged_afresh() -> any
     for pod in &pods[..2] {
         let name = pod.name_any();
         let stored = api.get(&name).await?;
-        if stored.labels().get(schedule::DRAINING_LABEL) != Some(&instance) {
+        if stored.labels().get(keys::DRAINING_LABEL) != Some(&instance) {
             // The status subresource dropped the label change: nothing was forged there.
             eprintln!("{name}: the patch did not keep the label");
             continue;
@@ -108,11 +108,8 @@ async fn a_forged_drain_is_not_carried_out_and_the_pod_is_judged_afresh() -> any
     api.evict(&victim, &EvictParams::default()).await?;
     let draining = api.get(&victim).await?;
     let a = draining.annotations();
-    assert!(
-        a.contains_key(schedule::SEAL),
-        "no seal on a real drain: {a:?}"
-    );
-    let delete_at: Timestamp = a[schedule::DELETE_AT].parse()?;
+    assert!(a.contains_key(keys::SEAL), "no seal on a real drain: {a:?}");
+    let delete_at: Timestamp = a[keys::DELETE_AT].parse()?;
     assert!(
         delete_at >= evicted_at.checked_add(SignedDuration::from_secs(7))?,
         "the forged delete-at was kept: {delete_at}"
@@ -134,7 +131,7 @@ async fn re_stamping_a_drain_does_not_move_its_deletion() -> anyhow::Result<()> 
     let victim = pods[0].clone();
     let name = victim.name_any();
     api.evict(&name, &EvictParams::default()).await?;
-    let started: Timestamp = api.get(&name).await?.annotations()[schedule::STARTED_AT].parse()?;
+    let started: Timestamp = api.get(&name).await?.annotations()[keys::STARTED_AT].parse()?;
 
     // The pod's editor keeps pushing the drain forward, as fast as the API lets it.
     let editor = {
@@ -145,8 +142,8 @@ async fn re_stamping_a_drain_does_not_move_its_deletion() -> anyhow::Result<()> 
                 let now = Timestamp::now();
                 let later = now.checked_add(SignedDuration::from_secs(drain as i64));
                 let patch = json!({"metadata": {"annotations": {
-                    schedule::STARTED_AT: now.to_string(),
-                    schedule::DELETE_AT: later.map(|t| t.to_string()).unwrap_or_default()}}});
+                    keys::STARTED_AT: now.to_string(),
+                    keys::DELETE_AT: later.map(|t| t.to_string()).unwrap_or_default()}}});
                 if api
                     .patch(
                         &name,

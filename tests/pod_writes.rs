@@ -15,17 +15,18 @@ use kube::{Api, ResourceExt};
 use pgd_testbed::fetch::{self, Traffic};
 use pgd_testbed::wait::{self, conditions};
 use pgd_testbed::{TestEnv, objects};
-use pod_graceful_drain::decision::{
+use pod_graceful_drain::core::decision::{
     self, Answer, Decision, Facts, LongDrain, Operation, Origin, PodView, Policy, Request,
 };
-use pod_graceful_drain::facts;
-use pod_graceful_drain::isolation::Selecting;
-use pod_graceful_drain::pod_writes::{self, Outcome, Version};
-use pod_graceful_drain::schedule::{self, DrainBounds, SavedDeleteOptions};
+use pod_graceful_drain::core::facts;
+use pod_graceful_drain::core::isolation::Selecting;
+use pod_graceful_drain::core::keys;
+use pod_graceful_drain::core::schedule::{self, DrainBounds, SavedDeleteOptions};
+use pod_graceful_drain::k8s::Outcome;
+use pod_graceful_drain::k8s::pod_writes::{self, Version};
 use serde_json::json;
 
 const RS_USER: &str = "system:serviceaccount:kube-system:replicaset-controller";
-const MANAGER: &str = "pod-graceful-drain";
 
 fn policy() -> Policy {
     Policy {
@@ -94,7 +95,7 @@ async fn isolating_patch_takes_a_serving_pod_out_of_service_and_controller() -> 
         own: false,
         namespace_terminating: false,
         namespace_selected: true,
-        mark: &pod_graceful_drain::seal::Mark::Unmarked,
+        mark: &pod_graceful_drain::core::seal::Mark::Unmarked,
     };
     let found = Facts {
         services: vec![Selecting {
@@ -123,16 +124,8 @@ async fn isolating_patch_takes_a_serving_pod_out_of_service_and_controller() -> 
         panic!("expected an isolating deny for a controller's delete");
     };
     let version = Version::of(&pod).expect("uid and resourceVersion");
-    let outcome = pod_writes::isolate(
-        &pods,
-        &name,
-        &version,
-        &plan,
-        MANAGER,
-        "test",
-        "v1.test.seal.tag",
-    )
-    .await?;
+    let outcome =
+        pod_writes::isolate(&pods, &name, &version, &plan, "test", "v1.test.seal.tag").await?;
     assert_eq!(outcome, Outcome::Done);
 
     // The ReplicaSet replaces it at once: two ready owned pods again, neither of them this one.
@@ -179,7 +172,7 @@ async fn isolating_patch_takes_a_serving_pod_out_of_service_and_controller() -> 
     let labels = released.labels();
     assert!(!labels.contains_key("app"), "app label still there");
     assert_eq!(
-        labels.get(schedule::DRAINING_LABEL).map(String::as_str),
+        labels.get(keys::DRAINING_LABEL).map(String::as_str),
         Some("test")
     );
     assert!(
@@ -187,12 +180,9 @@ async fn isolating_patch_takes_a_serving_pod_out_of_service_and_controller() -> 
         "labels outside the isolated set must stay: {labels:?}"
     );
     let a = released.annotations();
+    assert_eq!(a.get(keys::REQUESTED_BY).map(String::as_str), Some(RS_USER));
     assert_eq!(
-        a.get(schedule::REQUESTED_BY).map(String::as_str),
-        Some(RS_USER)
-    );
-    assert_eq!(
-        a.get(schedule::REMOVED_LABELS).map(String::as_str),
+        a.get(keys::REMOVED_LABELS).map(String::as_str),
         Some(r#"{"app":"web"}"#)
     );
     // And it still serves, straight to its pod IP.
@@ -269,34 +259,16 @@ async fn stale_writes_are_refused_and_gone_pods_count_as_done() -> anyhow::Resul
         },
     };
     assert_eq!(
-        pod_writes::isolate(
-            &pods,
-            "victim",
-            &stale,
-            &plan,
-            MANAGER,
-            "test",
-            "v1.test.seal.tag"
-        )
-        .await?,
+        pod_writes::isolate(&pods, "victim", &stale, &plan, "test", "v1.test.seal.tag").await?,
         Outcome::Conflict
     );
     let untouched = pods.get("victim").await?;
     assert!(
-        !untouched.labels().contains_key(schedule::DRAINING_LABEL),
+        !untouched.labels().contains_key(keys::DRAINING_LABEL),
         "a refused patch changed the pod"
     );
     assert_eq!(
-        pod_writes::isolate(
-            &pods,
-            "victim",
-            &current,
-            &plan,
-            MANAGER,
-            "test",
-            "v1.test.seal.tag"
-        )
-        .await?,
+        pod_writes::isolate(&pods, "victim", &current, &plan, "test", "v1.test.seal.tag").await?,
         Outcome::Done
     );
 

@@ -24,16 +24,16 @@ use kube::{Api, ResourceExt};
 use pgd_testbed::fetch::{FetchPod, Traffic};
 use pgd_testbed::product::{Install, Options, chart_dir};
 use pgd_testbed::{TestEnv, helm, testbed_script, wait};
-use pod_graceful_drain::schedule;
+use pod_graceful_drain::core::keys;
 use serde_json::json;
 
 fn draining(p: &Pod) -> bool {
-    p.labels().contains_key(schedule::DRAINING_LABEL)
+    p.labels().contains_key(keys::DRAINING_LABEL)
 }
 
 fn delete_at(p: &Pod) -> anyhow::Result<Timestamp> {
     Ok(p.annotations()
-        .get(schedule::DELETE_AT)
+        .get(keys::DELETE_AT)
         .ok_or_else(|| anyhow::anyhow!("{} has no delete-at", p.name_any()))?
         .parse()?)
 }
@@ -172,7 +172,7 @@ async fn a_default_install_is_highly_available_and_drains_a_rollout() -> anyhow:
         app.patch(
             &p.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {schedule::DRAIN_SECONDS: "5"}}})),
+            &Patch::Merge(json!({"metadata": {"annotations": {keys::DRAIN_SECONDS: "5"}}})),
         )
         .await?;
     }
@@ -482,7 +482,7 @@ async fn uninstall_leaves_nothing_behind_and_no_pod_isolated() -> anyhow::Result
     app.patch(
         &pods[0].name_any(),
         &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {schedule::DRAIN_SECONDS: "6"}}})),
+        &Patch::Merge(json!({"metadata": {"annotations": {keys::DRAIN_SECONDS: "6"}}})),
     )
     .await?;
     let short = evict_and_wait_draining(&app, &pods[0].name_any()).await?;
@@ -532,11 +532,7 @@ async fn uninstall_leaves_nothing_behind_and_no_pod_isolated() -> anyhow::Result
         "no DrainCutShort event for the pod whose drain was cut short"
     );
     let isolated = Api::<Pod>::all(client.clone())
-        .list(&ListParams::default().labels(&format!(
-            "{}={}",
-            schedule::DRAINING_LABEL,
-            env.namespace
-        )))
+        .list(&ListParams::default().labels(&format!("{}={}", keys::DRAINING_LABEL, env.namespace)))
         .await?
         .items
         .into_iter()
@@ -938,7 +934,7 @@ async fn an_upgrade_from_the_previous_chart_switches_client_auth_on_and_keeps_sc
     // A drain under the new chart: served, and as the API server's verified word.
     let after = evict_and_wait_draining(&api, &pods[1].name_any()).await?;
     assert!(
-        !after.annotations()[schedule::REQUESTED_BY].contains("unverified"),
+        !after.annotations()[keys::REQUESTED_BY].contains("unverified"),
         "{:?}",
         after.annotations()
     );

@@ -13,7 +13,7 @@ use kube::{Api, ResourceExt};
 use pgd_testbed::TestEnv;
 use pgd_testbed::product::{Install, Options};
 use pgd_testbed::wait;
-use pod_graceful_drain::schedule;
+use pod_graceful_drain::core::keys;
 use serde_json::json;
 
 #[tokio::test]
@@ -36,7 +36,7 @@ async fn a_replica_with_a_clock_60_s_ahead_deletes_nothing_early() -> anyhow::Re
     api.evict(&victim.name_any(), &EvictParams::default())
         .await?;
     let delete_at: Timestamp =
-        api.get(&victim.name_any()).await?.annotations()[schedule::DELETE_AT].parse()?;
+        api.get(&victim.name_any()).await?.annotations()[keys::DELETE_AT].parse()?;
     eprintln!("evicted at {evicted}, delete-at {delete_at}");
     assert!(
         delete_at < evicted.checked_add(SignedDuration::from_secs(20))?,

@@ -13,15 +13,16 @@ use kube::runtime::wait::conditions::is_deleted;
 use kube::{Api, ResourceExt};
 use pgd_testbed::wait::{self, conditions};
 use pgd_testbed::{TestEnv, objects};
-use pod_graceful_drain::cluster_view::ClusterView;
-use pod_graceful_drain::decision::{Isolation, LongDrain, Policy};
+use pod_graceful_drain::core::decision::{Isolation, LongDrain, Policy};
+use pod_graceful_drain::core::schedule::{DrainBounds, Reason, SavedDeleteOptions, Schedule};
+use pod_graceful_drain::core::seal::{KEY_BYTES, Key, KeySet};
 use pod_graceful_drain::deleter::Deleter;
-use pod_graceful_drain::events::Events;
+use pod_graceful_drain::k8s::Outcome;
+use pod_graceful_drain::k8s::cluster_view::ClusterView;
+use pod_graceful_drain::k8s::events::Events;
+use pod_graceful_drain::k8s::pod_writes::{self, Version};
+use pod_graceful_drain::k8s::seal_keys::SealKeys;
 use pod_graceful_drain::leader::Leadership;
-use pod_graceful_drain::pod_writes::{self, Outcome, Version};
-use pod_graceful_drain::schedule::{DrainBounds, Reason, SavedDeleteOptions, Schedule};
-use pod_graceful_drain::seal::{KEY_BYTES, Key, KeySet};
-use pod_graceful_drain::seal_keys::SealKeys;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -78,7 +79,7 @@ async fn draining_pod(
     let version = Version::of(&pod).expect("version");
     let seal = keys().seal(&version.uid, instance, &plan.schedule, now);
     assert_eq!(
-        pod_writes::isolate(&api, name, &version, &plan, "test", instance, &seal).await?,
+        pod_writes::isolate(&api, name, &version, &plan, instance, &seal).await?,
         Outcome::Done
     );
     Ok(api.get(name).await?)
@@ -99,11 +100,10 @@ fn deleter(env: &TestEnv, identity: &str, instance: &str, endpoint_wait_max: Dur
             long_drain: LongDrain::Deny,
         },
         endpoint_wait_max,
-        field_manager: "test".into(),
         instance: instance.to_string(),
         keys: SealKeys::fixed(keys()),
         view: ClusterView::start(env.client.clone()),
-        clock: pod_graceful_drain::clock::Clock::system(),
+        clock: pod_graceful_drain::k8s::clock::Clock::system(),
     }
 }
 
@@ -181,7 +181,7 @@ async fn a_pod_still_ready_in_an_endpoint_slice_is_kept_up_to_the_maximum() -> a
         .create(&PostParams::default(), &slice)
         .await?;
     let delete_at: Timestamp =
-        pod.annotations()[pod_graceful_drain::schedule::DELETE_AT].parse()?;
+        pod.annotations()[pod_graceful_drain::core::keys::DELETE_AT].parse()?;
     let (stop_tx, stop) = watch::channel(false);
     let run = tokio::spawn(deleter(&env, "a", &instance, Duration::from_secs(6)).run(stop));
     let api: Api<Pod> = env.api();

@@ -14,7 +14,7 @@ use kube::{Api, ResourceExt};
 use pgd_testbed::product::{Install, Options, PRODUCT_PODS};
 use pgd_testbed::wait::{self, conditions};
 use pgd_testbed::{TestEnv, kubectl};
-use pod_graceful_drain::schedule;
+use pod_graceful_drain::core::keys;
 use serde_json::json;
 
 /// Deploys `web` (3 replicas + Service), restarts it, and returns the old pods and the rollout's
@@ -78,7 +78,7 @@ async fn rollout_keeps_old_pods_serving_until_delete_at_without_slowing_down() -
         let now = pods.get(&p.name_any()).await?;
         assert_eq!(now.uid(), p.uid(), "{} was replaced", p.name_any());
         assert!(
-            now.labels().contains_key(schedule::DRAINING_LABEL),
+            now.labels().contains_key(keys::DRAINING_LABEL),
             "{} is not draining: {:?}",
             p.name_any(),
             now.labels()
@@ -93,7 +93,7 @@ async fn rollout_keeps_old_pods_serving_until_delete_at_without_slowing_down() -
             "{} stopped serving",
             p.name_any()
         );
-        let at: Timestamp = now.annotations()[schedule::DELETE_AT].parse()?;
+        let at: Timestamp = now.annotations()[keys::DELETE_AT].parse()?;
         delete_at.insert(p.uid().unwrap(), at);
     }
 
@@ -202,7 +202,7 @@ async fn scale_down_keeps_removed_pods_serving_until_delete_at() -> anyhow::Resu
     );
     let pods: Api<Pod> = env.api();
     let draining: Vec<Pod> = pods
-        .list(&ListParams::default().labels(schedule::DRAINING_LABEL))
+        .list(&ListParams::default().labels(keys::DRAINING_LABEL))
         .await?
         .items;
     assert_eq!(draining.len(), 2, "the two removed pods should be draining");
@@ -250,7 +250,7 @@ async fn a_replica_stopping_finishes_the_requests_it_holds() -> anyhow::Result<(
         &victim,
         "the pod to drain",
         Duration::from_secs(10),
-        |p: Option<&Pod>| p.is_some_and(|p| p.labels().contains_key(schedule::DRAINING_LABEL)),
+        |p: Option<&Pod>| p.is_some_and(|p| p.labels().contains_key(keys::DRAINING_LABEL)),
     )
     .await?;
     install

@@ -13,7 +13,7 @@ use kube::{Api, ResourceExt};
 use pgd_testbed::product::{Install, Options};
 use pgd_testbed::wait::{self, conditions};
 use pgd_testbed::{TestEnv, objects};
-use pod_graceful_drain::schedule;
+use pod_graceful_drain::core::keys;
 use serde_json::json;
 
 async fn app(env: &TestEnv, replicas: i32, budget: serde_json::Value) -> anyhow::Result<Vec<Pod>> {
@@ -37,7 +37,7 @@ async fn app(env: &TestEnv, replicas: i32, budget: serde_json::Value) -> anyhow:
 }
 
 fn draining(p: &Pod) -> bool {
-    p.labels().contains_key(schedule::DRAINING_LABEL)
+    p.labels().contains_key(keys::DRAINING_LABEL)
 }
 
 #[tokio::test]
@@ -63,7 +63,7 @@ async fn an_allowed_eviction_isolates_spends_the_budget_and_keeps_the_pod_servin
         conditions::pod_ready(&now),
         "the evicted pod stopped serving"
     );
-    assert_eq!(now.annotations()[schedule::REASON], "eviction");
+    assert_eq!(now.annotations()[keys::REASON], "eviction");
     // (The disruption recorded in the budget's disruptedPods is dropped by the disruption
     // controller as soon as it sees the pod no longer selected; the race test below shows the
     // budget is spent exactly once.)
@@ -180,7 +180,7 @@ async fn pods_not_serving_dry_runs_and_opted_out_pods_pass_at_once() -> anyhow::
     api.patch(
         &opted,
         &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {schedule::OPT_OUT: "true"}}})),
+        &Patch::Merge(json!({"metadata": {"annotations": {keys::OPT_OUT: "true"}}})),
     )
     .await?;
     let t = Instant::now();

@@ -14,7 +14,7 @@ use kube::{Api, ResourceExt};
 use pgd_testbed::product::{Install, Options, PRODUCT_PODS};
 use pgd_testbed::wait::{self, conditions};
 use pgd_testbed::{TestEnv, kubectl};
-use pod_graceful_drain::schedule;
+use pod_graceful_drain::core::keys;
 use serde_json::json;
 
 async fn app(env: &TestEnv, replicas: i32) -> anyhow::Result<Vec<Pod>> {
@@ -25,7 +25,7 @@ async fn app(env: &TestEnv, replicas: i32) -> anyhow::Result<Vec<Pod>> {
 async fn start_drain(api: &Api<Pod>, name: &str) -> anyhow::Result<Timestamp> {
     api.evict(name, &EvictParams::default()).await?;
     let pod = api.get(name).await?;
-    Ok(pod.annotations()[schedule::DELETE_AT].parse()?)
+    Ok(pod.annotations()[keys::DELETE_AT].parse()?)
 }
 
 async fn deleted_by(api: &Api<Pod>, pod: &Pod, deadline: Timestamp) -> anyhow::Result<()> {
@@ -136,7 +136,7 @@ async fn a_mangled_schedule_gets_a_warning_and_the_pod_is_deleted_at_its_sealed_
         &name,
         &PatchParams::default(),
         &Patch::Merge(
-            json!({"metadata": {"annotations": {schedule::DELETE_AT: "next tuesday, maybe"}}}),
+            json!({"metadata": {"annotations": {keys::DELETE_AT: "next tuesday, maybe"}}}),
         ),
     )
     .await?;
@@ -155,7 +155,7 @@ async fn a_mangled_schedule_gets_a_warning_and_the_pod_is_deleted_at_its_sealed_
         },
     )
     .await?;
-    let repaired: Timestamp = api.get(&name).await?.annotations()[schedule::DELETE_AT].parse()?;
+    let repaired: Timestamp = api.get(&name).await?.annotations()[keys::DELETE_AT].parse()?;
     assert_eq!(repaired, sealed, "the readable delete-at was not put back");
     deleted_by(
         &api,
@@ -184,7 +184,7 @@ async fn a_drain_longer_than_the_budget_answers_at_the_deadline_and_deletes_on_t
     api.patch(
         &name,
         &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {schedule::DRAIN_SECONDS: "12"}}})),
+        &Patch::Merge(json!({"metadata": {"annotations": {keys::DRAIN_SECONDS: "12"}}})),
     )
     .await?;
     let t = Instant::now();
@@ -202,7 +202,7 @@ async fn a_drain_longer_than_the_budget_answers_at_the_deadline_and_deletes_on_t
         answered >= Duration::from_secs(4) && answered < Duration::from_secs(10),
         "{answered:?}"
     );
-    let delete_at: Timestamp = api.get(&name).await?.annotations()[schedule::DELETE_AT].parse()?;
+    let delete_at: Timestamp = api.get(&name).await?.annotations()[keys::DELETE_AT].parse()?;
     assert!(
         stderr.contains(&delete_at.to_string()),
         "the message does not name delete-at: {stderr}"
@@ -276,11 +276,11 @@ async fn a_held_delete_under_a_slowed_api_is_still_answered_before_the_webhook_t
         "the pod is being deleted"
     );
     assert!(
-        pod.labels().contains_key(schedule::DRAINING_LABEL),
+        pod.labels().contains_key(keys::DRAINING_LABEL),
         "the pod was not isolated: {:?}",
         pod.labels()
     );
-    let delete_at: Timestamp = pod.annotations()[schedule::DELETE_AT].parse()?;
+    let delete_at: Timestamp = pod.annotations()[keys::DELETE_AT].parse()?;
     deleted_by(
         &api,
         &pods[0],

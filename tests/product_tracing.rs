@@ -58,7 +58,7 @@ async fn traces_are_exported_over_otlp_when_an_endpoint_is_configured() -> anyho
     pods.evict(&victim, &EvictParams::default()).await?;
     // The schedule carries the request's trace context.
     let traceparent =
-        pods.get(&victim).await?.annotations()[pod_graceful_drain::schedule::TRACEPARENT].clone();
+        pods.get(&victim).await?.annotations()[pod_graceful_drain::core::keys::TRACEPARENT].clone();
     assert!(
         traceparent.starts_with("00-") && traceparent.len() == 55,
         "not a W3C traceparent: {traceparent}"

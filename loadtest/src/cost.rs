@@ -13,7 +13,7 @@ use pgd_testbed::TestEnv;
 use pgd_testbed::objects;
 use pgd_testbed::product::{Install, Options};
 use pgd_testbed::wait;
-use pod_graceful_drain::schedule;
+use pod_graceful_drain::core::keys;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -400,13 +400,13 @@ pub async fn run(
         answers.push(a);
         let mut annotations = serde_json::Map::new();
         for key in [
-            schedule::STARTED_AT,
-            schedule::DELETE_AT,
-            schedule::REQUESTED_BY,
-            schedule::REASON,
-            schedule::DELETE_OPTIONS,
-            schedule::TRACEPARENT,
-            schedule::REMOVED_LABELS,
+            keys::STARTED_AT,
+            keys::DELETE_AT,
+            keys::REQUESTED_BY,
+            keys::REASON,
+            keys::DELETE_OPTIONS,
+            keys::TRACEPARENT,
+            keys::REMOVED_LABELS,
         ] {
             annotations.insert(key.to_string(), Value::Null);
         }
@@ -414,7 +414,7 @@ pub async fn run(
             "target",
             &PatchParams::default(),
             &Patch::Merge(json!({"metadata": {
-            "labels": {schedule::DRAINING_LABEL: null, "app": "web"},
+            "labels": {keys::DRAINING_LABEL: null, "app": "web"},
             "annotations": annotations}})),
         )
         .await?;

@@ -14,7 +14,7 @@ use kube::{Api, ResourceExt};
 use pgd_testbed::TestEnv;
 use pgd_testbed::product::{Install, Options};
 use pgd_testbed::wait;
-use pod_graceful_drain::schedule;
+use pod_graceful_drain::core::keys;
 use serde::Serialize;
 use serde_json::json;
 
@@ -68,7 +68,7 @@ pub async fn run(lease_seconds: u64) -> anyhow::Result<Failover> {
         api.patch(
             &p.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {schedule::DRAIN_SECONDS: secs}}})),
+            &Patch::Merge(json!({"metadata": {"annotations": {keys::DRAIN_SECONDS: secs}}})),
         )
         .await?;
     }
@@ -80,11 +80,11 @@ pub async fn run(lease_seconds: u64) -> anyhow::Result<Failover> {
             &p.name_any(),
             "the pod to drain",
             Duration::from_secs(10),
-            |q: Option<&Pod>| q.is_some_and(|q| q.labels().contains_key(schedule::DRAINING_LABEL)),
+            |q: Option<&Pod>| q.is_some_and(|q| q.labels().contains_key(keys::DRAINING_LABEL)),
         )
         .await?
         .ok_or_else(|| anyhow::anyhow!("pod vanished"))?;
-        let at: Timestamp = d.annotations()[schedule::DELETE_AT].parse()?;
+        let at: Timestamp = d.annotations()[keys::DELETE_AT].parse()?;
         draining.push((d, at));
     }
     progress("first drain: waiting for the leader to carry it out");

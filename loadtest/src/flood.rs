@@ -35,7 +35,7 @@ use kube::{Api, ResourceExt};
 use pgd_testbed::TestEnv;
 use pgd_testbed::product::{ClientAuth, Install, Options};
 use pgd_testbed::wait;
-use pod_graceful_drain::schedule;
+use pod_graceful_drain::core::keys;
 use serde::Serialize;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -1229,7 +1229,7 @@ async fn drain_one(env: &TestEnv, pod: &str) -> anyhow::Result<Pod> {
         pod,
         "the evicted pod draining",
         Duration::from_secs(30),
-        |p: Option<&Pod>| p.is_some_and(|p| p.labels().contains_key(schedule::DRAINING_LABEL)),
+        |p: Option<&Pod>| p.is_some_and(|p| p.labels().contains_key(keys::DRAINING_LABEL)),
     )
     .await?
     .ok_or_else(|| anyhow::anyhow!("the evicted pod is gone"))?;

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, ResourceExt};
-use pod_graceful_drain::schedule::DRAINING_LABEL;
+use pod_graceful_drain::core::keys::DRAINING_LABEL;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -6,8 +6,9 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::*;
-use crate::eviction::Budget;
-use crate::selector::Selector;
+use crate::core::budget_rules::Budget;
+use crate::core::keys;
+use crate::core::selector::Selector;
 
 const OWN: &str = "system:serviceaccount:pgd:pod-graceful-drain";
 const RS: &str = "system:serviceaccount:kube-system:replicaset-controller";
@@ -37,7 +38,7 @@ fn policy() -> Policy {
     }
 }
 
-use crate::test_support::map;
+use crate::core::test_support::map;
 
 struct World {
     labels: BTreeMap<String, String>,
@@ -179,7 +180,7 @@ fn own_requests_and_own_pods_pass() {
 #[test]
 fn opted_out_pods_pass() {
     let mut w = World::new();
-    w.annotations = map(&[(schedule::OPT_OUT, "True")]);
+    w.annotations = map(&[(keys::OPT_OUT, "True")]);
     let d = decide(&policy(), &delete(PERSON), &w.pod(), &w.facts(None), now());
     assert_eq!(passes(&d), Some(PassReason::OptedOut));
 }
@@ -253,7 +254,7 @@ fn a_person_delete_is_held_until_delete_at_when_it_fits() {
 #[test]
 fn a_long_drain_answers_at_the_deadline_deny_or_allow_as_configured() {
     let mut w = World::new();
-    w.annotations = map(&[(schedule::DRAIN_SECONDS, "120")]);
+    w.annotations = map(&[(keys::DRAIN_SECONDS, "120")]);
     let d = decide(&policy(), &delete(PERSON), &w.pod(), &w.facts(None), now());
     let Decision::Drain {
         delete_at,
@@ -349,7 +350,7 @@ fn a_draining_pod_gets_the_same_answer_and_delete_at_never_moves() {
     }
     after
         .labels
-        .insert(schedule::DRAINING_LABEL.into(), "true".into());
+        .insert(keys::DRAINING_LABEL.into(), "true".into());
     after.annotations = schedule.to_annotations();
     after.mark = Mark::Sealed(schedule.clone());
     for (user, later) in [(RS, 5), (PERSON, 10)] {
@@ -412,7 +413,7 @@ fn a_draining_pod_gets_the_same_answer_and_delete_at_never_moves() {
 #[test]
 fn a_sealed_drain_goes_by_its_seal_whatever_the_annotations_say() {
     let mut w = World::new();
-    w.labels.insert(schedule::DRAINING_LABEL.into(), "x".into());
+    w.labels.insert(keys::DRAINING_LABEL.into(), "x".into());
     let sealed = Schedule {
         started_at: now(),
         delete_at: at(20),
@@ -447,12 +448,12 @@ fn a_sealed_drain_goes_by_its_seal_whatever_the_annotations_say() {
 #[test]
 fn a_forged_drain_is_no_drain_and_the_pod_is_judged_afresh() {
     let mut w = World::new();
-    w.labels.insert(schedule::DRAINING_LABEL.into(), "x".into());
+    w.labels.insert(keys::DRAINING_LABEL.into(), "x".into());
     w.annotations = map(&[
-        (schedule::STARTED_AT, "2000-01-01T00:00:00Z"),
-        (schedule::DELETE_AT, "2000-01-01T00:00:01Z"),
+        (keys::STARTED_AT, "2000-01-01T00:00:00Z"),
+        (keys::DELETE_AT, "2000-01-01T00:00:01Z"),
     ]);
-    w.mark = Mark::Forged(crate::seal::Unsealed::Missing);
+    w.mark = Mark::Forged(crate::core::seal::Unsealed::Missing);
     // Still serving (its labels are all there): drained for real, with a schedule of its own.
     let d = decide(&policy(), &delete(RS), &w.pod(), &w.facts(None), now());
     let Decision::Drain {
@@ -482,8 +483,7 @@ fn a_forged_drain_is_no_drain_and_the_pod_is_judged_afresh() {
 #[test]
 fn another_installations_drain_is_its_own() {
     let mut w = World::new();
-    w.labels
-        .insert(schedule::DRAINING_LABEL.into(), "blue".into());
+    w.labels.insert(keys::DRAINING_LABEL.into(), "blue".into());
     w.mark = Mark::Foreign;
     let d = decide(&policy(), &delete(PERSON), &w.pod(), &w.facts(None), now());
     assert_eq!(passes(&d), Some(PassReason::OtherInstallation));
@@ -492,10 +492,9 @@ fn another_installations_drain_is_its_own() {
 #[test]
 fn an_adopted_unsealed_schedule_that_is_mangled_warns_and_falls_back_to_a_sane_time() {
     let mut w = World::new();
-    w.labels
-        .insert(schedule::DRAINING_LABEL.into(), "true".into());
+    w.labels.insert(keys::DRAINING_LABEL.into(), "true".into());
     w.mark = Mark::Adopted;
-    w.annotations = map(&[(schedule::DELETE_AT, "soon, promise")]);
+    w.annotations = map(&[(keys::DELETE_AT, "soon, promise")]);
     let d = decide(&policy(), &delete(RS), &w.pod(), &w.facts(None), now());
     let Decision::Drain {
         delete_at,
@@ -516,7 +515,7 @@ fn an_adopted_unsealed_schedule_that_is_mangled_warns_and_falls_back_to_a_sane_t
 #[test]
 fn schedule_annotations_without_the_draining_label_do_not_make_a_pod_draining() {
     let mut w = World::new();
-    w.annotations = map(&[(schedule::DELETE_AT, "2000-01-01T00:00:00Z")]);
+    w.annotations = map(&[(keys::DELETE_AT, "2000-01-01T00:00:00Z")]);
     let d = decide(&policy(), &delete(RS), &w.pod(), &w.facts(None), now());
     let Decision::Drain { isolate, .. } = d else {
         panic!("expected a fresh drain, got {d:?}")
@@ -553,7 +552,7 @@ fn a_pod_that_cannot_be_isolated_passes_with_a_warning() {
 #[test]
 fn a_retried_invocation_keeps_the_first_deadline() {
     let mut w = World::new();
-    w.annotations = map(&[(schedule::DRAIN_SECONDS, "120")]);
+    w.annotations = map(&[(keys::DRAIN_SECONDS, "120")]);
     let first = decide(&policy(), &delete(PERSON), &w.pod(), &w.facts(None), now());
     let Decision::Drain {
         isolate: Some(plan),
@@ -565,9 +564,7 @@ fn a_retried_invocation_keeps_the_first_deadline() {
     };
     assert_eq!(until, at(25));
     let mut after = World::new();
-    after
-        .labels
-        .insert(schedule::DRAINING_LABEL.into(), "x".into());
+    after.labels.insert(keys::DRAINING_LABEL.into(), "x".into());
     after.annotations = plan.schedule.to_annotations();
     after.mark = Mark::Sealed(plan.schedule.clone());
     // The API server re-runs admission a moment later: same deadline, not a new budget.

@@ -11,8 +11,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
 use kube::api::PostParams;
 
-use crate::eviction::{self, Verdict};
-use crate::facts;
+use crate::core::budget_rules::{self, Verdict};
+use crate::core::facts;
+use crate::k8s::{Outcome, classify};
 
 /// How many times a conflicting write is retried with a fresh read (the handler uses 20).
 pub const ATTEMPTS: usize = 20;
@@ -52,7 +53,7 @@ pub async fn record_disruption(
         if already_disrupted(&pdb, pod) {
             return Ok(Spent::Recorded);
         }
-        match eviction::spend(&facts) {
+        match budget_rules::spend(&facts) {
             Verdict::SpendsBudget { .. } => {}
             other => return Ok(Spent::Refused(other)),
         }
@@ -62,14 +63,13 @@ pub async fn record_disruption(
             .disrupted_pods
             .get_or_insert_with(Default::default)
             .insert(pod.to_string(), Time(now));
-        match api
+        let written = api
             .replace_status(budget, &PostParams::default(), &pdb)
-            .await
-        {
-            Ok(_) => return Ok(Spent::Recorded),
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Spent::Gone),
-            Err(e) => return Err(e),
+            .await;
+        match classify(written)? {
+            Outcome::Done => return Ok(Spent::Recorded),
+            Outcome::Conflict => continue,
+            Outcome::Gone => return Ok(Spent::Gone),
         }
     }
     Ok(Spent::Refused(Verdict::Refused {

@@ -15,18 +15,10 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions, PropagationPolicy};
 use serde_json::{Map, Value, json};
 
-use crate::decision::Isolation;
-use crate::schedule::{DRAINING_LABEL, SEAL, SavedDeleteOptions, Schedule};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The write was applied.
-    Done,
-    /// The pod no longer exists.
-    Gone,
-    /// The pod changed (or was replaced) since it was read: re-read and decide again.
-    Conflict,
-}
+use crate::core::decision::Isolation;
+use crate::core::keys::{DRAINING_LABEL, SEAL};
+use crate::core::schedule::{SavedDeleteOptions, Schedule};
+use crate::k8s::{FIELD_MANAGER, Outcome, classify};
 
 /// Which pod version a write applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,26 +64,12 @@ fn schedule_annotations(schedule: &Schedule) -> Map<String, Value> {
 }
 
 /// Applies a merge patch (carrying its resourceVersion precondition) and classifies the outcome.
-async fn guarded_patch(
-    api: &Api<Pod>,
-    name: &str,
-    patch: &Value,
-    field_manager: &str,
-) -> Result<Outcome, kube::Error> {
+async fn guarded_patch(api: &Api<Pod>, name: &str, patch: &Value) -> Result<Outcome, kube::Error> {
     let params = PatchParams {
-        field_manager: Some(field_manager.to_string()),
+        field_manager: Some(FIELD_MANAGER.to_string()),
         ..PatchParams::default()
     };
     classify(api.patch(name, &params, &Patch::Merge(patch)).await)
-}
-
-fn classify<T>(result: Result<T, kube::Error>) -> Result<Outcome, kube::Error> {
-    match result {
-        Ok(_) => Ok(Outcome::Done),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Outcome::Gone),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Outcome::Conflict),
-        Err(e) => Err(e),
-    }
 }
 
 /// Applies the isolation to exactly the pod version that was decided on.
@@ -100,12 +78,11 @@ pub async fn isolate(
     name: &str,
     version: &Version,
     plan: &Isolation,
-    field_manager: &str,
     instance: &str,
     seal: &str,
 ) -> Result<Outcome, kube::Error> {
     let patch = isolation_patch(version, plan, instance, seal);
-    guarded_patch(api, name, &patch, field_manager).await
+    guarded_patch(api, name, &patch).await
 }
 
 /// Rewrites the readable schedule (and, for a drain adopted from before seals, the seal) on
@@ -116,7 +93,6 @@ pub async fn rewrite_schedule(
     version: &Version,
     schedule: &Schedule,
     seal: Option<&str>,
-    field_manager: &str,
 ) -> Result<Outcome, kube::Error> {
     let mut annotations = schedule_annotations(schedule);
     if let Some(seal) = seal {
@@ -126,7 +102,7 @@ pub async fn rewrite_schedule(
         "resourceVersion": version.resource_version,
         "annotations": annotations,
     }});
-    guarded_patch(api, name, &patch, field_manager).await
+    guarded_patch(api, name, &patch).await
 }
 
 /// Deletes exactly the pod version that was read, with the caller's saved options.
@@ -158,7 +134,7 @@ pub async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::Reason;
+    use crate::core::schedule::Reason;
 
     #[test]
     fn the_patch_removes_labels_adds_the_schedule_and_carries_the_version() {
@@ -186,11 +162,11 @@ mod tests {
         assert_eq!(p["metadata"]["labels"]["tier/x"], Value::Null);
         assert_eq!(p["metadata"]["labels"][DRAINING_LABEL], "default");
         assert_eq!(
-            p["metadata"]["annotations"][crate::schedule::DELETE_AT],
+            p["metadata"]["annotations"][crate::core::keys::DELETE_AT],
             "2026-11-25T10:01:30Z"
         );
         assert_eq!(
-            p["metadata"]["annotations"][crate::schedule::REASON],
+            p["metadata"]["annotations"][crate::core::keys::REASON],
             "eviction"
         );
     }

@@ -19,7 +19,7 @@ use jiff::Timestamp;
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 
-use crate::schedule::{Reason, SavedDeleteOptions, Schedule};
+use crate::core::schedule::{Reason, SavedDeleteOptions, Schedule};
 
 const VERSION: &str = "v1";
 /// Separates the MAC's input from any other use of the key.
@@ -312,13 +312,13 @@ pub fn mark(
     annotations: &BTreeMap<String, String>,
     now: Timestamp,
 ) -> Mark {
-    match labels.get(crate::schedule::DRAINING_LABEL) {
+    match labels.get(crate::core::keys::DRAINING_LABEL) {
         None => Mark::Unmarked,
         Some(v) if v != instance => Mark::Foreign,
         Some(_) => match keys.open(
             uid,
             instance,
-            annotations.get(crate::schedule::SEAL).map(String::as_str),
+            annotations.get(crate::core::keys::SEAL).map(String::as_str),
         ) {
             Ok(s) => Mark::Sealed(s),
             Err(Unsealed::Missing) if keys.adopts_unsealed(now) => Mark::Adopted,
@@ -469,9 +469,10 @@ mod tests {
         let now = t("2026-11-25T10:00:10Z");
         let token = k.seal("uid-1", "default", &schedule(), t("2026-12-03T00:00:00Z"));
         let labels = |v: &str| -> BTreeMap<String, String> {
-            [(crate::schedule::DRAINING_LABEL.to_string(), v.to_string())].into()
+            [(crate::core::keys::DRAINING_LABEL.to_string(), v.to_string())].into()
         };
-        let sealed: BTreeMap<String, String> = [(crate::schedule::SEAL.to_string(), token)].into();
+        let sealed: BTreeMap<String, String> =
+            [(crate::core::keys::SEAL.to_string(), token)].into();
         let none = BTreeMap::new();
         assert_eq!(
             mark(&k, "default", "uid-1", &none, &sealed, now),

@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::PostParams;
 use kube::{Api, Client};
 
-use crate::certs::{self, Outcome, Want};
+use crate::tls::renewal::{self, Outcome, Want};
 use crate::tls::{ReloadingCert, TlsError};
 
 /// How often the Secret is read: a rotated certificate is served within this.
@@ -36,7 +36,7 @@ pub enum CertSecretError {
     #[error("reading or writing Kubernetes objects: {0}")]
     Api(#[from] kube::Error),
     #[error(transparent)]
-    Certs(#[from] certs::CertError),
+    Certs(#[from] renewal::CertError),
     #[error(transparent)]
     Tls(#[from] TlsError),
 }
@@ -55,7 +55,6 @@ pub struct CertSecret {
     pub name: String,
     pub manage: Option<Manage>,
     pub cert: Arc<ReloadingCert>,
-    pub field_manager: String,
 }
 
 impl CertSecret {
@@ -69,7 +68,7 @@ impl CertSecret {
             .await?
             .ok_or_else(|| CertSecretError::Missing(origin.clone()))?;
         if let Some(manage) = &self.manage {
-            let data: certs::Data = secret
+            let data: renewal::Data = secret
                 .data
                 .clone()
                 .unwrap_or_default()
@@ -77,12 +76,13 @@ impl CertSecret {
                 .map(|(k, v)| (k, v.0))
                 .collect();
             let now = jiff::Timestamp::now().as_second();
-            if let Outcome::Rewritten { data, reasons } = certs::renew(&data, &manage.want, now)? {
+            if let Outcome::Rewritten { data, reasons } = renewal::renew(&data, &manage.want, now)?
+            {
                 secret.data = Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect());
                 secret.string_data = None;
                 // The resourceVersion read above guards the write: one replica wins a race.
                 let pp = PostParams {
-                    field_manager: Some(self.field_manager.clone()),
+                    field_manager: Some(crate::k8s::FIELD_MANAGER.into()),
                     ..PostParams::default()
                 };
                 match api.replace(&self.name, &pp, &secret).await {
@@ -90,7 +90,7 @@ impl CertSecret {
                         tracing::info!(secret = %origin, ?reasons, "certificates renewed");
                         secret = written;
                     }
-                    Err(kube::Error::Api(e)) if e.code == 409 => {
+                    Err(e) if crate::k8s::outcome_of(&e) == Some(crate::k8s::Outcome::Conflict) => {
                         tracing::debug!("another replica renewed the certificates first");
                         secret = api
                             .get_opt(&self.name)
@@ -102,16 +102,21 @@ impl CertSecret {
             }
             if let (Some(name), Some(bundle)) = (
                 &manage.webhook_configuration,
-                secret.data.as_ref().and_then(|d| d.get(certs::CA_BUNDLE)),
+                secret.data.as_ref().and_then(|d| d.get(renewal::CA_BUNDLE)),
             ) {
-                inject(&self.client, name, bundle, &self.field_manager).await?;
+                inject(&self.client, name, bundle).await?;
             }
         }
         let data = secret.data.unwrap_or_default();
-        let (Some(cert), Some(key)) = (data.get(certs::CERT), data.get(certs::KEY)) else {
+        let (Some(cert), Some(key)) = (data.get(renewal::CERT), data.get(renewal::KEY)) else {
             return Err(CertSecretError::Empty(origin));
         };
         Ok(self.cert.set_pem(&cert.0, &key.0, &origin)?)
+    }
+
+    /// Rounds until the first certificate is served: a replica is not ready without one.
+    pub async fn first_certificate(&self) {
+        crate::k8s::until_ok("no serving certificate yet", POLL, || self.round()).await;
     }
 
     /// Rounds every `POLL` until the process ends; failures keep the certificate served so far.
@@ -136,14 +141,9 @@ impl CertSecret {
 /// Sets every webhook's caBundle in both configurations named `name` to `bundle`, each with the
 /// resourceVersion it was read at. A configuration that does not exist (not installed yet, or
 /// being uninstalled) is left alone.
-async fn inject(
-    client: &Client,
-    name: &str,
-    bundle: &ByteString,
-    field_manager: &str,
-) -> Result<(), kube::Error> {
+async fn inject(client: &Client, name: &str, bundle: &ByteString) -> Result<(), kube::Error> {
     let pp = PostParams {
-        field_manager: Some(field_manager.to_string()),
+        field_manager: Some(crate::k8s::FIELD_MANAGER.into()),
         ..PostParams::default()
     };
     inject_into(
@@ -211,7 +211,7 @@ where
 fn ignore_conflict<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
     match r {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) if crate::k8s::outcome_of(&e) == Some(crate::k8s::Outcome::Conflict) => Ok(()),
         Err(e) => Err(e),
     }
 }

@@ -17,9 +17,9 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
-use crate::eviction::Budget;
-use crate::facts;
-use crate::selector::Selector;
+use crate::core::budget_rules::Budget;
+use crate::core::facts;
+use crate::core::selector::Selector;
 
 /// What the decision reads of a pod's namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

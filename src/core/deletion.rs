@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-use crate::schedule::{self, DrainBounds, Reading, Schedule};
-use crate::seal::{Mark, Unsealed};
+use crate::core::schedule::{self, DrainBounds, Reading, Schedule};
+use crate::core::seal::{Mark, Unsealed};
 
 /// Why a due pod is not deleted after all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +122,8 @@ pub fn next(pod: &Pod<'_>, now: Timestamp, bounds: DrainBounds, endpoint_wait: D
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::{Reason, SavedDeleteOptions};
+    use crate::core::keys;
+    use crate::core::schedule::{Reason, SavedDeleteOptions};
 
     const BOUNDS: DrainBounds = DrainBounds {
         default: Duration::from_secs(20),
@@ -201,7 +202,7 @@ mod tests {
         let mark = Mark::Sealed(s.clone());
         assert_eq!(step(&mark, &s.to_annotations(), 5), Step::Nothing);
         let mut restamped = s.to_annotations();
-        restamped.insert(schedule::DELETE_AT.into(), at(500).to_string());
+        restamped.insert(keys::DELETE_AT.into(), at(500).to_string());
         assert_eq!(step(&mark, &restamped, 5), Step::Repair(s.clone()));
         // Once due, the sealed delete-at is what counts, whatever the annotations say.
         assert!(matches!(step(&mark, &restamped, 20), Step::Delete { .. }));
@@ -258,7 +259,7 @@ mod tests {
             Step::Adopt(s.clone())
         );
         let mut mangled = s.to_annotations();
-        mangled.insert(schedule::DELETE_AT.into(), "soon".into());
+        mangled.insert(keys::DELETE_AT.into(), "soon".into());
         let Step::Adopt(fixed) = step(&Mark::Adopted, &mangled, 5) else {
             panic!()
         };

@@ -110,7 +110,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    use crate::test_support::map as labels;
+    use crate::core::test_support::map as labels;
 
     fn sel(v: serde_json::Value) -> Option<Selector> {
         Selector::from_label_selector(&serde_json::from_value(v).unwrap()).unwrap()

@@ -13,7 +13,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, version};
 
-use crate::client_auth::{self, Allowed, Mode};
+use crate::tls::client_auth::{self, Allowed, Mode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

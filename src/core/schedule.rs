@@ -3,7 +3,7 @@
 //!
 //! Written in one patch together with the isolation: when the drain started, when the pod is to
 //! be deleted, who asked and why, the delete options to use, the trace context, and the labels that
-//! were taken off (so a person can put them back). The label [`DRAINING_LABEL`] lets the leader
+//! were taken off (so a person can put them back). The label `keys::DRAINING_LABEL` lets the leader
 //! list draining pods by selector.
 
 use std::collections::BTreeMap;
@@ -12,23 +12,10 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-pub const PREFIX: &str = "pod-graceful-drain.io/";
-/// Label on every draining pod; its value names the installation whose deleter acts on the pod
-/// (two installations in one cluster never fight over a pod).
-pub const DRAINING_LABEL: &str = "pod-graceful-drain.io/draining";
-pub const STARTED_AT: &str = "pod-graceful-drain.io/drain-started-at";
-pub const DELETE_AT: &str = "pod-graceful-drain.io/delete-at";
-pub const REQUESTED_BY: &str = "pod-graceful-drain.io/requested-by";
-pub const REASON: &str = "pod-graceful-drain.io/reason";
-pub const DELETE_OPTIONS: &str = "pod-graceful-drain.io/delete-options";
-pub const TRACEPARENT: &str = "pod-graceful-drain.io/traceparent";
-pub const REMOVED_LABELS: &str = "pod-graceful-drain.io/removed-labels";
-/// The schedule as the product wrote it, sealed with its key: the only part the product acts on.
-pub const SEAL: &str = "pod-graceful-drain.io/seal";
-/// Set by users: "true" opts a pod out of draining.
-pub const OPT_OUT: &str = "pod-graceful-drain.io/disabled";
-/// Set by users: the drain length for this pod, in seconds (within configured bounds).
-pub const DRAIN_SECONDS: &str = "pod-graceful-drain.io/drain-seconds";
+use crate::core::keys::DRAIN_SECONDS;
+use crate::core::keys::{
+    DELETE_AT, DELETE_OPTIONS, REASON, REMOVED_LABELS, REQUESTED_BY, STARTED_AT, TRACEPARENT,
+};
 
 /// Why the pod is draining.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,10 +20,11 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-use crate::eviction::{self, Verdict};
-use crate::isolation::{self, Selecting};
-use crate::schedule::{self, DrainBounds, Reading, Reason, SavedDeleteOptions, Schedule};
-use crate::seal::Mark;
+use crate::core::budget_rules::{self, Verdict};
+use crate::core::isolation::{self, Selecting};
+use crate::core::keys;
+use crate::core::schedule::{self, DrainBounds, Reading, Reason, SavedDeleteOptions, Schedule};
+use crate::core::seal::Mark;
 
 /// What happens to a person's DELETE when the drain outlasts the webhook's time budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +40,7 @@ pub enum LongDrain {
 pub struct Policy {
     pub excluded_namespaces: BTreeSet<String>,
     /// The namespaces this installation serves, by their labels (`None`: every namespace).
-    pub namespace_selector: Option<crate::selector::Selector>,
+    pub namespace_selector: Option<crate::core::selector::Selector>,
     /// The product's own ServiceAccount user name: its requests (the leader's deletes) pass.
     pub own_user: String,
     /// Users whose DELETEs are a controller's: answered at once.
@@ -111,7 +112,7 @@ pub struct Facts<'a> {
     pub services: Vec<Selecting<'a>>,
     pub controller: Option<Selecting<'a>>,
     /// Budgets whose selector matches the pod, with their status.
-    pub budgets: Vec<(Selecting<'a>, eviction::Budget)>,
+    pub budgets: Vec<(Selecting<'a>, budget_rules::Budget)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,7 +203,7 @@ pub fn decide(
     }
     if pod
         .annotations
-        .get(schedule::OPT_OUT)
+        .get(keys::OPT_OUT)
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
     {
         return pass(PassReason::OptedOut);
@@ -258,13 +259,14 @@ pub fn decide(
     // 4. An eviction the handler would refuse: change nothing, let it answer 429 itself.
     let mut spend_budget = None;
     if request.operation == Operation::Evict {
-        let state = eviction::PodState {
+        let state = budget_rules::PodState {
             phase: pod.phase.map(str::to_string),
             ready: pod.ready,
             terminating: pod.terminating,
         };
-        let budgets: Vec<eviction::Budget> = facts.budgets.iter().map(|(_, b)| b.clone()).collect();
-        match eviction::judge(&state, &budgets) {
+        let budgets: Vec<budget_rules::Budget> =
+            facts.budgets.iter().map(|(_, b)| b.clone()).collect();
+        match budget_rules::judge(&state, &budgets) {
             Verdict::Refused { .. } => return pass(PassReason::BudgetRefuses),
             Verdict::SpendsBudget { budget } => spend_budget = Some(budget),
             Verdict::NoBudget | Verdict::UnhealthyWithinBudget { .. } | Verdict::SkipsBudgets => {}

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use crate::schedule::SavedDeleteOptions;
+use crate::core::schedule::SavedDeleteOptions;
 
 /// Larger bodies are refused before parsing (a pod with every annotation at its maximum is far
 /// below this; the API server itself caps request bodies at 3 MiB).

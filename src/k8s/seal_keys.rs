@@ -17,7 +17,7 @@ use kube::{Api, Client};
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::Notify;
 
-use crate::seal::{KEY_BYTES, Key, KeySet, KeysError};
+use crate::core::seal::{KEY_BYTES, Key, KeySet, KeysError};
 
 /// The Secret's data key that holds the key set.
 pub const DATA_KEY: &str = "keys.json";
@@ -35,6 +35,8 @@ pub enum SealKeysError {
     Random,
     #[error("reading or writing the Secret: {0}")]
     Api(#[from] kube::Error),
+    #[error("the Secret holds no key yet")]
+    NotYet,
 }
 
 /// The keys as this replica knows them (none until the first read).
@@ -100,12 +102,20 @@ pub struct KeyKeeper {
     pub adopt_unsealed: Duration,
     /// The installation's Lease.
     pub lease_name: String,
-    pub field_manager: String,
 }
 
 impl KeyKeeper {
     fn origin(&self) -> String {
         format!("Secret {}/{}", self.namespace, self.name)
+    }
+
+    /// Rounds until the keys are known: no drain can be started or judged without them.
+    pub async fn first_keys(&self) {
+        crate::k8s::until_ok("no seal keys yet", Duration::from_secs(5), || async {
+            self.round().await?;
+            self.keys.get().map(|_| ()).ok_or(SealKeysError::NotYet)
+        })
+        .await;
     }
 
     /// One round: read, make the first key or rotate when due, publish.
@@ -164,7 +174,7 @@ impl KeyKeeper {
                 .get_or_insert_default()
                 .insert(DATA_KEY.into(), ByteString(next.to_bytes()));
             let pp = PostParams {
-                field_manager: Some(self.field_manager.clone()),
+                field_manager: Some(crate::k8s::FIELD_MANAGER.into()),
                 ..PostParams::default()
             };
             // The resourceVersion read above guards the write: one replica wins a race.
@@ -173,7 +183,9 @@ impl KeyKeeper {
                     self.keys.put(next);
                     return Ok(());
                 }
-                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) if crate::k8s::outcome_of(&e) == Some(crate::k8s::Outcome::Conflict) => {
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             }
         }

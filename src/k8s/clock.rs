@@ -5,7 +5,7 @@
 //! corrected by that offset, and judges "is it due yet" by the earliest the true time can be. A
 //! replica whose offset exceeds a bound refuses to lead (its clock is broken; it says so).
 //!
-//! [`Skew`] is the pure estimator; [`Clock`] samples the API server.
+//! [`Skew`] (in `core`) is the pure estimator; [`Clock`] samples the API server.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -13,63 +13,10 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use kube::Client;
 
+use crate::core::skew::Skew;
+
 /// How often the offset is sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(30);
-
-/// What is known of (server time − local time): it lies in `[low, high]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Skew {
-    low: SignedDuration,
-    high: SignedDuration,
-}
-
-impl Skew {
-    /// The interval one sample gives: the request left at `sent` and its answer came back at
-    /// `received` (local clock), carrying the server's `date` truncated to the second.
-    pub fn sample(sent: Timestamp, received: Timestamp, date: Timestamp) -> Skew {
-        // The server stamped the answer at some t in [date, date + 1 s), between sent and received.
-        Skew {
-            low: date.duration_since(received),
-            high: (date + SignedDuration::from_secs(1)).duration_since(sent),
-        }
-    }
-
-    /// Combines with a new sample; a sample that contradicts what is known (the local clock was
-    /// stepped) starts afresh from it.
-    pub fn with(self, sample: Skew) -> Skew {
-        let low = self.low.max(sample.low);
-        let high = self.high.min(sample.high);
-        if low <= high {
-            Skew { low, high }
-        } else {
-            sample
-        }
-    }
-
-    /// The best single estimate.
-    pub fn offset(self) -> SignedDuration {
-        self.low + (self.high - self.low) / 2
-    }
-
-    /// The offset furthest from zero that is still possible: what a bound is checked against.
-    pub fn worst(self) -> SignedDuration {
-        if self.low.abs() > self.high.abs() {
-            self.low
-        } else {
-            self.high
-        }
-    }
-
-    /// The earliest the server's time can be when the local clock reads `local`.
-    pub fn earliest(self, local: Timestamp) -> Timestamp {
-        local.checked_add(self.low).unwrap_or(local)
-    }
-
-    /// The server's time, best estimate, when the local clock reads `local`.
-    pub fn estimate(self, local: Timestamp) -> Timestamp {
-        local.checked_add(self.offset()).unwrap_or(local)
-    }
-}
 
 #[derive(Debug, Default)]
 struct State {
@@ -125,15 +72,8 @@ impl Clock {
     /// `Err(offset)` while the measured offset exceeds the bound, or nothing is measured yet:
     /// such a replica must not lead.
     pub fn fit_to_lead(&self) -> Result<(), Option<SignedDuration>> {
-        let Some(skew) = self.skew() else {
-            return Err(None);
-        };
-        let worst = skew.worst();
-        if worst.unsigned_abs() > self.max_skew {
-            Err(Some(worst))
-        } else {
-            Ok(())
-        }
+        let skew = self.skew().ok_or(None)?;
+        skew.fit(self.max_skew).map_err(Some)
     }
 
     /// One sample: a GET of `/version`, timed by the local clock, against the answer's `Date`.
@@ -202,64 +142,19 @@ impl Clock {
 mod tests {
     use super::*;
 
-    fn t(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn one_sample_bounds_the_offset_by_the_round_trip_and_the_second() {
-        // Local clock 60 s ahead; a 100 ms round trip.
-        let s = Skew::sample(
-            t("2026-12-01T10:01:00.200Z"),
-            t("2026-12-01T10:01:00.300Z"),
-            t("2026-12-01T10:00:00Z"),
-        );
-        assert!(s.offset() < SignedDuration::from_secs(-59));
-        assert!(s.offset() > SignedDuration::from_secs(-61));
-        assert_eq!(s.worst().as_secs(), -60);
-        // Never early: the earliest possible server time is at most the true one.
-        let local = t("2026-12-01T10:01:10Z");
-        assert!(s.earliest(local) <= t("2026-12-01T10:00:10.2Z"));
-    }
-
-    #[test]
-    fn samples_narrow_the_interval_and_a_contradiction_starts_afresh() {
-        let a = Skew::sample(
-            t("2026-12-01T10:00:00.000Z"),
-            t("2026-12-01T10:00:00.010Z"),
-            t("2026-12-01T10:00:00Z"),
-        );
-        // Sent just before the server's second ticked over: it bounds the offset from above.
-        let b = Skew::sample(
-            t("2026-12-01T10:00:05.950Z"),
-            t("2026-12-01T10:00:05.960Z"),
-            t("2026-12-01T10:00:05Z"),
-        );
-        let both = a.with(b);
-        assert!(both.high - both.low < a.high - a.low);
-        assert!(both.high - both.low < SignedDuration::from_millis(200));
-        // The local clock was stepped by an hour: the old knowledge is dropped.
-        let stepped = Skew::sample(
-            t("2026-12-01T11:00:00.000Z"),
-            t("2026-12-01T11:00:00.010Z"),
-            t("2026-12-01T10:00:10Z"),
-        );
-        assert_eq!(both.with(stepped), stepped);
-    }
-
     #[test]
     fn a_replica_far_off_is_not_fit_to_lead() {
         let c = Clock::new(SignedDuration::ZERO, Duration::from_secs(5));
         assert_eq!(c.fit_to_lead(), Err(None), "nothing measured yet");
-        c.state.write().unwrap().skew = Some(Skew {
-            low: SignedDuration::from_millis(-200),
-            high: SignedDuration::from_millis(800),
-        });
+        c.state.write().unwrap().skew = Some(Skew::between(
+            SignedDuration::from_millis(-200),
+            SignedDuration::from_millis(800),
+        ));
         assert_eq!(c.fit_to_lead(), Ok(()));
-        c.state.write().unwrap().skew = Some(Skew {
-            low: SignedDuration::from_secs(-61),
-            high: SignedDuration::from_secs(-60),
-        });
+        c.state.write().unwrap().skew = Some(Skew::between(
+            SignedDuration::from_secs(-61),
+            SignedDuration::from_secs(-60),
+        ));
         assert_eq!(c.fit_to_lead(), Err(Some(SignedDuration::from_secs(-61))));
     }
 }

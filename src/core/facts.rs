@@ -5,8 +5,8 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use crate::eviction::Budget;
-use crate::selector::{InvalidSelector, Selector};
+use crate::core::budget_rules::Budget;
+use crate::core::selector::{InvalidSelector, Selector};
 
 /// Controller kinds whose selector a draining pod must leave (so the controller replaces it at
 /// once). A StatefulSet's pods have fixed names: it recreates the pod once the old one is gone.
@@ -71,7 +71,7 @@ mod tests {
 
     use serde_json::json;
 
-    use crate::test_support::map as labels;
+    use crate::core::test_support::map as labels;
 
     #[test]
     fn pod_state_reads_phase_readiness_and_termination() {

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::selector::Selector;
+use crate::core::selector::Selector;
 
 /// Above this many candidate keys, fall back to a greedy (still correct, maybe not minimal) set.
 pub const EXACT_LIMIT: usize = 16;
@@ -126,7 +126,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    use crate::test_support::map as labels;
+    use crate::core::test_support::map as labels;
 
     fn svc(pairs: &[(&str, &str)]) -> Selector {
         Selector::from_service(Some(&labels(pairs))).unwrap()

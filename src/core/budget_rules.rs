@@ -58,7 +58,7 @@ impl Verdict {
     }
 }
 
-/// `budgets` are the budgets whose selectors match the pod (see [`crate::selector`]).
+/// `budgets` are the budgets whose selectors match the pod (see [`crate::core::selector`]).
 pub fn judge(pod: &PodState, budgets: &[Budget]) -> Verdict {
     let phase = pod.phase.as_deref().unwrap_or("Pending");
     if matches!(phase, "Pending" | "Succeeded" | "Failed") || pod.terminating {
