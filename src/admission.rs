@@ -14,18 +14,19 @@ use kube::{Api, ResourceExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::core::decision::{
-    self, Answer, Decision, Facts, LongDrain, Operation, Origin, PassReason, PodView, Policy,
-    Request,
+    self, Answer, Decision, Facts, Isolation, LongDrain, Operation, Origin, PassReason, PodView,
+    Policy, Reads, Request,
 };
-use crate::core::facts;
 use crate::core::isolation::Selecting;
-use crate::core::keys::OWN_POD_LABEL;
+use crate::core::keys::{self, OWN_POD_LABEL};
+use crate::core::notice::{self, EventReason, Notice};
+use crate::core::pod_state::PodState;
 use crate::core::review::{self, BadReview, Incoming, Reply};
-use crate::core::seal::{self, Mark, Unsealed};
+use crate::core::seal::{self, KeySet, Mark, Unsealed};
 use crate::k8s::Outcome;
 use crate::k8s::budget_writes::{self, Spent};
 use crate::k8s::clock::Clock;
-use crate::k8s::cluster_view::ClusterView;
+use crate::k8s::cluster_view::{ClusterView, NamespaceFacts};
 use crate::k8s::events::Events;
 use crate::k8s::pod_writes::{self, Version};
 use crate::k8s::seal_keys::SealKeys;
@@ -116,36 +117,6 @@ impl Slot {
             .map_or(hold_budget, |t| t.saturating_sub(ANSWER_MARGIN));
         self.arrived + hold_budget.min(caller)
     }
-}
-
-/// What a pod could need of us, seen without an API call.
-struct Glance {
-    /// Running, ready and not terminating.
-    serving: bool,
-    /// Carries the draining label (its answer is repeated; it may be held).
-    draining: bool,
-    /// The Services that select it (only looked up when serving).
-    services: Vec<(String, crate::core::selector::Selector)>,
-}
-
-impl Glance {
-    /// Worth reading the stored pod: it may be drained or already drains. Anything else is
-    /// answered without an API call.
-    fn may_need_us(&self) -> bool {
-        self.draining || !self.services.is_empty()
-    }
-    /// Worth reading what surrounds it (its namespace, controller, budgets): only a serving pod
-    /// can be drained, and only a serving draining pod's namespace can change its answer.
-    fn worth_facts(&self) -> bool {
-        self.serving && self.may_need_us()
-    }
-}
-
-/// The one event a request publishes (whatever number of attempts it took).
-struct Notice {
-    warning: bool,
-    reason: &'static str,
-    note: String,
 }
 
 impl Admission {
@@ -241,7 +212,7 @@ impl Admission {
         // The DELETE's oldObject is only a hint of whether the pod may need us: anyone able to
         // reach the port could have written it. The decision is made on the pod as stored.
         if let Some(hint) = &hint
-            && !self.glance(hint).may_need_us()
+            && self.glance(hint).0 == Reads::Nothing
         {
             return Ok(Reply::Allow);
         }
@@ -261,8 +232,7 @@ impl Admission {
         let settled = self.settle(&request, caller, &mut pod, &mut notice).await;
         // One request, at most one event, sent in the background: the answer does not wait.
         if let Some(n) = notice {
-            self.events
-                .publish_in_background(&pod, n.warning, n.reason, n.note);
+            self.events.publish_in_background(&pod, n);
         }
         drop(pod);
         match settled? {
@@ -310,22 +280,24 @@ impl Admission {
         Ok(Finish::Now(Reply::Allow))
     }
 
-    /// What the pod could need of us, from the pod alone and the Service cache (no API call).
-    fn glance(&self, pod: &Pod) -> Glance {
-        let (phase, ready, terminating) = facts::pod_state(pod);
-        let serving = ready && !terminating && phase == Some("Running");
-        Glance {
-            serving,
-            draining: pod.labels().contains_key(crate::core::keys::DRAINING_LABEL),
-            // Scanned once per look, and only for a pod that could be serving.
-            services: if serving {
-                self.view.selecting_services(pod)
-            } else {
-                Vec::new()
-            },
-        }
+    /// What the pod could need of us, from the pod alone and the Service cache (no API call):
+    /// how much to read, and the Services that select it (scanned once per look, and only for a
+    /// pod that could be serving).
+    fn glance(&self, pod: &Pod) -> (Reads, Vec<Selecting>) {
+        let state = PodState::of(pod);
+        let services = if state.serving() {
+            self.view.selecting_services(pod)
+        } else {
+            Vec::new()
+        };
+        let draining = pod.labels().contains_key(keys::DRAINING_LABEL);
+        (
+            decision::reads(state, draining, !services.is_empty()),
+            services,
+        )
     }
 
+    /// One attempt on the pod as last read: gather the facts, decide (pure), act.
     async fn attempt(
         &self,
         request: &Request<'_>,
@@ -335,116 +307,29 @@ impl Admission {
     ) -> Result<Step, AdmissionError> {
         *notice = None;
         let now = self.clock.now();
-        let ns = pod.namespace().unwrap_or_default();
-        let name = pod.name_any();
-        let (phase, ready, terminating) = facts::pod_state(pod);
-        let labels = pod.labels();
-        let annotations = pod.annotations();
-        let own = labels.get(OWN_POD_LABEL.0).map(String::as_str) == Some(OWN_POD_LABEL.1);
         let keys = self.keys.get().ok_or(AdmissionError::NoKeys)?;
-        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-        let mark = seal::mark(&keys, &self.instance, uid, labels, annotations, now);
+        let mark = seal::mark(
+            &keys,
+            &self.instance,
+            pod.metadata.uid.as_deref().unwrap_or_default(),
+            pod.labels(),
+            pod.annotations(),
+            now,
+        );
         if let Mark::Forged(Unsealed::UnknownKey(_)) = &mark {
             self.keys.reread_soon();
         }
-        // Only pods that could be drained cost API calls.
-        let glance = self.glance(pod);
-        let (surroundings, namespace) = if glance.worth_facts() {
-            (
-                // A pod already draining gets its first answer again: what selects it is not
-                // read (one API call fewer for every repeated request). A label without our seal
-                // is no drain: that pod is judged afresh.
-                if matches!(mark, Mark::Sealed(_) | Mark::Adopted) {
-                    None
-                } else {
-                    Some(self.view.surroundings(pod, glance.services).await?)
-                },
-                Some(
-                    self.view
-                        .namespace(&ns, self.policy.namespace_selector.as_ref())
-                        .await?,
-                ),
-            )
-        } else {
-            (None, None)
-        };
-        let facts = match &surroundings {
-            None => Facts::default(),
-            Some(s) => Facts {
-                services: s
-                    .services
-                    .iter()
-                    .map(|(what, sel)| Selecting {
-                        what: what.clone(),
-                        selector: sel,
-                    })
-                    .collect(),
-                controller: s.controller.as_ref().map(|(what, sel)| Selecting {
-                    what: what.clone(),
-                    selector: sel,
-                }),
-                budgets: s
-                    .budgets
-                    .iter()
-                    .map(|(what, sel, b)| {
-                        (
-                            Selecting {
-                                what: what.clone(),
-                                selector: sel,
-                            },
-                            b.clone(),
-                        )
-                    })
-                    .collect(),
-            },
-        };
-        let view = PodView {
-            namespace: &ns,
-            name: &name,
-            phase,
-            ready,
-            terminating,
-            labels,
-            annotations,
-            own,
-            namespace_terminating: namespace.is_some_and(|n| n.terminating),
-            // Unread only for a pod that cannot be drained now (the decision passes it or, for
-            // one already draining, repeats its answer without a write).
-            namespace_selected: namespace.is_none_or(|n| n.selected),
-            mark: &mark,
-        };
-        match decision::decide(&self.policy, request, &view, &facts, now) {
+        let (facts, namespace) = self.gather(pod, &mark).await?;
+        let view = pod_view(pod, &mark, namespace);
+        let decision = decision::decide(&self.policy, request, &view, &facts, now);
+        match decision {
             Decision::Pass { reason, warning } => {
-                // Events only where a person would ask why an exposed pod was not drained; the
-                // everyday passes (not serving, dry-run, excluded) stay quiet.
-                *notice = match (reason, warning) {
-                    (_, Some(w)) => Some(Notice {
-                        warning: true,
-                        reason: "CannotDrain",
-                        note: w,
-                    }),
-                    (PassReason::OptedOut, None) => Some(Notice {
-                        warning: false,
-                        reason: "DrainSkipped",
-                        note: format!("Not drained: annotated {}", crate::core::keys::OPT_OUT),
-                    }),
-                    (PassReason::BudgetRefuses, None) => Some(Notice {
-                        warning: false,
-                        reason: "EvictionNotAllowed",
-                        note: "Eviction left to the API server: the PodDisruptionBudget allows no disruption now".to_string(),
-                    }),
-                    _ => None,
-                };
+                *notice = pass_notice(reason, warning, &mark, &self.instance);
                 if let Mark::Forged(why) = &mark {
-                    tracing::warn!(pod = %name, namespace = %ns, %why, "draining label without our seal: not a drain");
-                    *notice = Some(Notice {
-                        warning: true,
-                        reason: "DrainScheduleForged",
-                        note: forged_note(&self.instance, why),
-                    });
+                    tracing::warn!(pod = %view.name, namespace = %view.namespace, %why, "draining label without our seal: not a drain");
                 }
                 if !matches!(reason, PassReason::DryRun | PassReason::NotExposed) {
-                    tracing::debug!(pod = %name, ?reason, "passing through");
+                    tracing::debug!(pod = %view.name, ?reason, "passing through");
                 }
                 Ok(Step::Pass)
             }
@@ -453,23 +338,25 @@ impl Admission {
                 spend_budget,
                 delete_at,
                 answer,
-                warnings,
+                mut warnings,
             } => {
-                let mut warnings = warnings;
                 if let Mark::Forged(why) = &mark {
-                    warnings.push(forged_note(&self.instance, why));
+                    warnings.push(notice::forged(&self.instance, why).note);
                 }
                 if !warnings.is_empty() {
-                    *notice = Some(Notice {
-                        warning: true,
-                        reason: "DrainScheduleRepaired",
-                        note: warnings.join("; "),
-                    });
+                    *notice = Some(Notice::new(
+                        EventReason::DrainScheduleRepaired,
+                        warnings.join("; "),
+                    ));
                 }
+                let act = Act {
+                    request,
+                    pod,
+                    keys: &keys,
+                    now,
+                };
                 if let Some(budget) = spend_budget {
-                    let api: Api<PodDisruptionBudget> =
-                        Api::namespaced(self.view.client().clone(), &ns);
-                    match budget_writes::record_disruption(&api, &budget, &name, now).await? {
+                    match self.spend(&act, &budget).await? {
                         Spent::Recorded => *recorded = true,
                         Spent::Gone => {}
                         // Someone spent it first: leave it to the eviction handler to refuse.
@@ -477,30 +364,11 @@ impl Admission {
                     }
                 }
                 if let Some(plan) = isolate {
-                    let Some(version) = Version::of(pod) else {
-                        return Ok(Step::Pass);
-                    };
-                    let api: Api<Pod> = Api::namespaced(self.view.client().clone(), &ns);
-                    let sealed = keys.seal(&version.uid, &self.instance, &plan.schedule, now);
-                    match pod_writes::isolate(&api, &name, &version, &plan, &self.instance, &sealed)
-                        .await?
-                    {
+                    match self.isolate(&act, &plan, delete_at).await? {
                         Outcome::Done => {
                             let by = request.requested_by();
-                            tracing::info!(pod = %name, namespace = %ns, requested_by = %by, %delete_at, removed = ?plan.remove, "draining");
-                            let mut note = format!(
-                                "Taken out of its Services and controller (labels {:?} removed, kept in {}); deleted at {delete_at}; requested by {by}",
-                                plan.remove,
-                                crate::core::keys::REMOVED_LABELS,
-                            );
-                            if !warnings.is_empty() {
-                                note.push_str(&format!("; note: {}", warnings.join("; ")));
-                            }
-                            *notice = Some(Notice {
-                                warning: false,
-                                reason: "Draining",
-                                note,
-                            });
+                            *notice =
+                                Some(notice::draining(&plan.remove, delete_at, &by, &warnings));
                         }
                         Outcome::Gone => return Ok(Step::Pass),
                         Outcome::Conflict => return Ok(Step::Reread),
@@ -509,6 +377,66 @@ impl Admission {
                 Ok(Step::Answer(answer, delete_at))
             }
         }
+    }
+
+    /// What the decision reads beyond the pod, for a pod that may be drained: what selects it
+    /// and its namespace. A pod already draining (sealed by us) gets its first answer again, so
+    /// what selects it is not read: one API call fewer for every repeated request. A label
+    /// without our seal is no drain: that pod is judged afresh.
+    async fn gather(
+        &self,
+        pod: &Pod,
+        mark: &Mark,
+    ) -> Result<(Facts, Option<NamespaceFacts>), AdmissionError> {
+        let (reads, services) = self.glance(pod);
+        if reads != Reads::Everything {
+            return Ok((Facts::default(), None));
+        }
+        let facts = if matches!(mark, Mark::Sealed(_) | Mark::Adopted) {
+            Facts::default()
+        } else {
+            self.view.facts(pod, services).await?
+        };
+        let namespace = self
+            .view
+            .namespace(
+                pod.metadata.namespace.as_deref().unwrap_or_default(),
+                self.policy.namespace_selector.as_ref(),
+            )
+            .await?;
+        Ok((facts, Some(namespace)))
+    }
+
+    /// Records the eviction's disruption in its budget, as the eviction handler would.
+    async fn spend(&self, act: &Act<'_>, budget: &str) -> Result<Spent, AdmissionError> {
+        let api: Api<PodDisruptionBudget> =
+            Api::namespaced(self.view.client().clone(), &act.namespace());
+        Ok(budget_writes::record_disruption(&api, budget, &act.pod.name_any(), act.now).await?)
+    }
+
+    /// Isolates exactly the pod version decided on, sealing its schedule (a pod without a
+    /// version is not one the API server stores: gone).
+    async fn isolate(
+        &self,
+        act: &Act<'_>,
+        plan: &Isolation,
+        delete_at: Timestamp,
+    ) -> Result<Outcome, AdmissionError> {
+        let Some(version) = Version::of(act.pod) else {
+            return Ok(Outcome::Gone);
+        };
+        let (ns, name) = (act.namespace(), act.pod.name_any());
+        let api: Api<Pod> = Api::namespaced(self.view.client().clone(), &ns);
+        let sealed = act
+            .keys
+            .seal(&version.uid, &self.instance, &plan.schedule, act.now);
+        let outcome =
+            pod_writes::isolate(&api, &name, &version, plan, &self.instance, &sealed).await?;
+        if outcome == Outcome::Done {
+            let by = act.request.requested_by();
+            tracing::info!(pod = %name, namespace = %ns, requested_by = %by, %delete_at, removed = ?plan.remove, "draining");
+        }
+        Ok(outcome)
     }
 
     /// Turns the answer into a reply, holding it when asked to. Past the cap on held requests the
@@ -581,12 +509,61 @@ impl Admission {
     }
 }
 
-/// The Warning about a draining label that carries no seal of ours.
-pub fn forged_note(instance: &str, why: &Unsealed) -> String {
-    format!(
-        "Labelled {}={instance}, but {why}: not a drain of pod-graceful-drain, nothing is deleted on its account (the pod is judged as any other)",
-        crate::core::keys::DRAINING_LABEL
-    )
+/// What one attempt works with once it acts.
+struct Act<'a> {
+    request: &'a Request<'a>,
+    pod: &'a Pod,
+    keys: &'a KeySet,
+    now: Timestamp,
+}
+
+impl Act<'_> {
+    fn namespace(&self) -> String {
+        self.pod.namespace().unwrap_or_default()
+    }
+}
+
+/// The pod as the decision sees it (`namespace`: read only for a pod that may be drained).
+fn pod_view<'a>(pod: &'a Pod, mark: &'a Mark, namespace: Option<NamespaceFacts>) -> PodView<'a> {
+    let labels = pod.labels();
+    PodView {
+        namespace: pod.metadata.namespace.as_deref().unwrap_or_default(),
+        name: pod.metadata.name.as_deref().unwrap_or_default(),
+        state: PodState::of(pod),
+        labels,
+        annotations: pod.annotations(),
+        own: labels.get(OWN_POD_LABEL.0).map(String::as_str) == Some(OWN_POD_LABEL.1),
+        namespace_terminating: namespace.is_some_and(|n| n.terminating),
+        // Unread only for a pod that cannot be drained now (the decision passes it or, for one
+        // already draining, repeats its answer without a write).
+        namespace_selected: namespace.is_none_or(|n| n.selected),
+        mark,
+    }
+}
+
+/// The event of a pass: only where a person would ask why an exposed pod was not drained (the
+/// everyday passes, not serving, dry-run, excluded, stay quiet), and always for a forged mark.
+fn pass_notice(
+    reason: PassReason,
+    warning: Option<String>,
+    mark: &Mark,
+    instance: &str,
+) -> Option<Notice> {
+    if let Mark::Forged(why) = mark {
+        return Some(notice::forged(instance, why));
+    }
+    match (reason, warning) {
+        (_, Some(w)) => Some(Notice::new(EventReason::CannotDrain, w)),
+        (PassReason::OptedOut, None) => Some(Notice::new(
+            EventReason::DrainSkipped,
+            format!("Not drained: annotated {}", keys::OPT_OUT),
+        )),
+        (PassReason::BudgetRefuses, None) => Some(Notice::new(
+            EventReason::EvictionNotAllowed,
+            "Eviction left to the API server: the PodDisruptionBudget allows no disruption now",
+        )),
+        _ => None,
+    }
 }
 
 /// How a request ends once its attempts are over.

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::core::decision::Policy;
 use crate::core::deletion::{self, Step, Withheld};
 use crate::core::keys::{DRAINING_LABEL, OPT_OUT};
+use crate::core::notice::{self, EventReason, Notice};
 use crate::core::schedule::Schedule;
 use crate::core::seal::{self, KeySet, Mark, Unsealed};
 use crate::k8s::Outcome;
@@ -248,12 +249,7 @@ impl Deleter {
                     if announced.first(&uid, "Forged") {
                         tracing::warn!(pod = %name, namespace = %ns, %why, "draining label without our seal: not deleting");
                         self.events
-                            .publish(
-                                &pod,
-                                true,
-                                "DrainScheduleForged",
-                                crate::admission::forged_note(&self.instance, &why),
-                            )
+                            .publish(&pod, notice::forged(&self.instance, &why))
                             .await;
                     }
                     return Ok(());
@@ -273,7 +269,7 @@ impl Deleter {
                         && announced.first(&uid, "Repaired")
                     {
                         self.events
-                            .publish(&pod, true, "DrainScheduleRepaired", format!("The drain annotations were changed by someone else; put back as pod-graceful-drain sealed them (the pod is deleted at {})", schedule.delete_at))
+                            .publish(&pod, Notice::new(EventReason::DrainScheduleRepaired, format!("The drain annotations were changed by someone else; put back as pod-graceful-drain sealed them (the pod is deleted at {})", schedule.delete_at)))
                             .await;
                     }
                     return Ok(());
@@ -281,7 +277,7 @@ impl Deleter {
                 Step::Withhold(why) => {
                     if announced.first(&uid, "Withheld") {
                         self.events
-                            .publish(&pod, true, "DrainNotCarriedOut", format!("Due, but not deleted: {}. It stays out of its Services; put back the labels in {} or delete it", why.describe(), crate::core::keys::REMOVED_LABELS))
+                            .publish(&pod, Notice::new(EventReason::DrainNotCarriedOut, format!("Due, but not deleted: {}. It stays out of its Services; put back the labels in {} or delete it", why.describe(), crate::core::keys::REMOVED_LABELS)))
                             .await;
                     }
                     return Ok(());
@@ -289,14 +285,14 @@ impl Deleter {
                 Step::WaitForEndpoints { until } => {
                     if announced.first(&uid, "StillInEndpoints") {
                         self.events
-                            .publish(&pod, false, "WaitingForEndpoints", format!("Still listed as ready in an EndpointSlice; waiting up to {until} before deleting")).await;
+                            .publish(&pod, Notice::new(EventReason::WaitingForEndpoints, format!("Still listed as ready in an EndpointSlice; waiting up to {until} before deleting"))).await;
                     }
                     return Ok(());
                 }
                 Step::Delete { schedule, forced } => {
                     if forced && announced.first(&uid, "EndpointsTimeout") {
                         self.events
-                            .publish(&pod, true, "EndpointsWaitExceeded", "Still listed as ready in an EndpointSlice after the maximum wait; deleting anyway".into()).await;
+                            .publish(&pod, Notice::new(EventReason::EndpointsWaitExceeded, "Still listed as ready in an EndpointSlice after the maximum wait; deleting anyway")).await;
                     }
                     return self.delete(&api, &pod, &version, &schedule, now).await;
                 }
@@ -349,11 +345,12 @@ impl Deleter {
                 self.events
                     .publish(
                         pod,
-                        false,
-                        "Deleted",
-                        format!(
-                            "Drain over; deleted {} ms after its delete-at",
-                            late.as_millis()
+                        Notice::new(
+                            EventReason::Deleted,
+                            format!(
+                                "Drain over; deleted {} ms after its delete-at",
+                                late.as_millis()
+                            ),
                         ),
                     )
                     .await;

@@ -31,6 +31,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use crate::core::keys::DRAINING_LABEL;
+use crate::core::notice::{EventReason, Notice};
 use crate::core::schedule::SavedDeleteOptions;
 use crate::core::seal::{self, KeySet, Mark};
 use crate::k8s::Outcome;
@@ -248,13 +249,7 @@ impl Uninstall {
                 Ok(Outcome::Done) => {
                     tracing::info!(pod = %name, namespace = %ns, "drain cut short by uninstall");
                     Events::new(self.client.clone(), &self.instance)
-                        .publish(
-                            &pod,
-                            true,
-                            "DrainCutShort",
-                            "pod-graceful-drain is being uninstalled: deleted before its delete-at"
-                                .into(),
-                        )
+                        .publish(&pod, Notice::new(EventReason::DrainCutShort, "pod-graceful-drain is being uninstalled: deleted before its delete-at"))
                         .await;
                     return true;
                 }

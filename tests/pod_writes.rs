@@ -21,6 +21,7 @@ use pod_graceful_drain::core::decision::{
 use pod_graceful_drain::core::facts;
 use pod_graceful_drain::core::isolation::Selecting;
 use pod_graceful_drain::core::keys;
+use pod_graceful_drain::core::pod_state::PodState;
 use pod_graceful_drain::core::schedule::{self, DrainBounds, SavedDeleteOptions};
 use pod_graceful_drain::k8s::Outcome;
 use pod_graceful_drain::k8s::pod_writes::{self, Version};
@@ -81,15 +82,12 @@ async fn isolating_patch_takes_a_serving_pod_out_of_service_and_controller() -> 
     let rs = env.api::<ReplicaSet>().get(rs_name).await?;
     let rs_selector =
         facts::controller_selector(&rs.spec.as_ref().expect("spec").selector)?.expect("a selector");
-    let (phase, ready, terminating) = facts::pod_state(&pod);
     let labels = pod.labels().clone();
     let annotations = pod.annotations().clone();
     let view = PodView {
         namespace: &env.namespace,
         name: &name,
-        phase,
-        ready,
-        terminating,
+        state: PodState::of(&pod),
         labels: &labels,
         annotations: &annotations,
         own: false,
@@ -100,11 +98,11 @@ async fn isolating_patch_takes_a_serving_pod_out_of_service_and_controller() -> 
     let found = Facts {
         services: vec![Selecting {
             what: "Service web".into(),
-            selector: &service_selector,
+            selector: service_selector,
         }],
         controller: Some(Selecting {
             what: format!("ReplicaSet {rs_name}"),
-            selector: &rs_selector,
+            selector: rs_selector,
         }),
         budgets: vec![],
     };

@@ -12,14 +12,7 @@
 //!    < 0` → 403; more than 2000 `disruptedPods` → 403; `disruptionsAllowed == 0` → 429; else one
 //!    disruption is taken (status update with a resourceVersion precondition).
 
-/// What the handler knows of the pod.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodState {
-    /// `status.phase`; an absent phase is treated as Pending, as the API server's default.
-    pub phase: Option<String>,
-    pub ready: bool,
-    pub terminating: bool,
-}
+use crate::core::pod_state::{Phase, PodState};
 
 /// What the handler knows of one budget that selects the pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,8 +53,7 @@ impl Verdict {
 
 /// `budgets` are the budgets whose selectors match the pod (see [`crate::core::selector`]).
 pub fn judge(pod: &PodState, budgets: &[Budget]) -> Verdict {
-    let phase = pod.phase.as_deref().unwrap_or("Pending");
-    if matches!(phase, "Pending" | "Succeeded" | "Failed") || pod.terminating {
+    if matches!(pod.phase, Phase::Pending | Phase::Succeeded | Phase::Failed) || pod.terminating {
         return Verdict::SkipsBudgets;
     }
     let budget = match budgets {
@@ -135,7 +127,7 @@ mod tests {
 
     fn running(ready: bool) -> PodState {
         PodState {
-            phase: Some("Running".into()),
+            phase: Phase::Running,
             ready,
             terminating: false,
         }
@@ -163,9 +155,9 @@ mod tests {
 
     #[test]
     fn pending_terminal_and_terminating_pods_skip_budgets() {
-        for phase in [None, Some("Pending"), Some("Succeeded"), Some("Failed")] {
+        for phase in [Phase::Pending, Phase::Succeeded, Phase::Failed] {
             let pod = PodState {
-                phase: phase.map(str::to_string),
+                phase,
                 ready: false,
                 terminating: false,
             };

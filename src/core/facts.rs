@@ -12,16 +12,6 @@ use crate::core::selector::{InvalidSelector, Selector};
 /// once). A StatefulSet's pods have fixed names: it recreates the pod once the old one is gone.
 pub const CONTROLLER_KINDS: &[&str] = &["ReplicaSet", "StatefulSet", "DaemonSet", "Job"];
 
-/// The pod's phase, readiness and whether it is terminating.
-pub fn pod_state(pod: &Pod) -> (Option<&str>, bool, bool) {
-    let status = pod.status.as_ref();
-    let phase = status.and_then(|s| s.phase.as_deref());
-    let ready = status
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    (phase, ready, pod.metadata.deletion_timestamp.is_some())
-}
-
 /// The Service's selector; `None` for Services without one (their endpoints are managed by hand).
 pub fn service_selector(service: &Service) -> Option<Selector> {
     Selector::from_service(service.spec.as_ref().and_then(|s| s.selector.as_ref()))
@@ -72,17 +62,6 @@ mod tests {
     use serde_json::json;
 
     use crate::core::test_support::map as labels;
-
-    #[test]
-    fn pod_state_reads_phase_readiness_and_termination() {
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "p", "deletionTimestamp": "2026-11-25T10:00:00Z"},
-            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
-        }))
-        .unwrap();
-        assert_eq!(pod_state(&pod), (Some("Running"), true, true));
-        assert_eq!(pod_state(&Pod::default()), (None, false, false));
-    }
 
     #[test]
     fn only_controlling_owners_of_known_kinds_count() {

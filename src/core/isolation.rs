@@ -17,10 +17,10 @@ pub const EXACT_LIMIT: usize = 16;
 
 /// Something that selects pods: a Service, the owning controller, a PodDisruptionBudget.
 #[derive(Debug, Clone)]
-pub struct Selecting<'a> {
+pub struct Selecting {
     /// For messages and events, e.g. `Service web`.
     pub what: String,
-    pub selector: &'a Selector,
+    pub selector: Selector,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,7 +36,7 @@ pub enum IsolationError {
 /// The label keys to remove (sorted). Empty when nothing selects the pod.
 pub fn keys_to_remove(
     labels: &BTreeMap<String, String>,
-    selecting: &[Selecting<'_>],
+    selecting: &[&Selecting],
 ) -> Result<BTreeSet<String>, IsolationError> {
     // For each selector that matches now, the pod's keys whose removal breaks it.
     let mut sets: Vec<BTreeSet<&str>> = Vec::new();
@@ -144,9 +144,10 @@ mod tests {
             .enumerate()
             .map(|(i, s)| Selecting {
                 what: format!("selector {i}"),
-                selector: s,
+                selector: (*s).clone(),
             })
             .collect();
+        let selecting: Vec<&Selecting> = selecting.iter().collect();
         keys_to_remove(&labels(pod), &selecting).map(|s| s.into_iter().collect())
     }
 

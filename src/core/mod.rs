@@ -8,6 +8,8 @@ pub mod deletion;
 pub mod facts;
 pub mod isolation;
 pub mod keys;
+pub mod notice;
+pub mod pod_state;
 pub mod review;
 pub mod schedule;
 pub mod seal;

@@ -18,7 +18,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
 use crate::core::budget_rules::Budget;
+use crate::core::decision::Facts;
 use crate::core::facts;
+use crate::core::isolation::Selecting;
 use crate::core::selector::Selector;
 
 /// What the decision reads of a pod's namespace.
@@ -36,13 +38,6 @@ pub struct ClusterView {
     /// `Store::wait_until_ready` wakes only the last of several tasks waiting at once, so exactly
     /// one task waits on it and everyone else on this.)
     ready: tokio::sync::watch::Receiver<bool>,
-}
-
-/// Selectors and budgets that concern one pod, owned so that the decision can borrow them.
-pub struct PodSurroundings {
-    pub services: Vec<(String, Selector)>,
-    pub controller: Option<(String, Selector)>,
-    pub budgets: Vec<(String, Selector, Budget)>,
 }
 
 impl ClusterView {
@@ -86,10 +81,13 @@ impl ClusterView {
     }
 
     /// Services of the pod's namespace whose selector matches the pod now.
-    pub fn selecting_services(&self, pod: &Pod) -> Vec<(String, Selector)> {
+    pub fn selecting_services(&self, pod: &Pod) -> Vec<Selecting> {
         self.services_selecting(&pod.namespace().unwrap_or_default(), pod.labels())
             .into_iter()
-            .map(|(name, sel)| (format!("Service {name}"), sel))
+            .map(|(name, selector)| Selecting {
+                what: format!("Service {name}"),
+                selector,
+            })
             .collect()
     }
 
@@ -129,7 +127,7 @@ impl ClusterView {
     pub async fn selecting_budgets(
         &self,
         pod: &Pod,
-    ) -> Result<Vec<(String, Selector, Budget)>, kube::Error> {
+    ) -> Result<Vec<(Selecting, Budget)>, kube::Error> {
         let ns = pod.namespace().unwrap_or_default();
         let labels = pod.labels();
         let listed = Api::<PodDisruptionBudget>::namespaced(self.client.clone(), &ns)
@@ -139,15 +137,16 @@ impl ClusterView {
             .items
             .iter()
             .filter_map(|p| {
-                let (sel, budget) = facts::budget(p)?;
-                Some((format!("PodDisruptionBudget {}", p.name_any()), sel, budget))
+                let (selector, budget) = facts::budget(p)?;
+                let what = format!("PodDisruptionBudget {}", p.name_any());
+                Some((Selecting { what, selector }, budget))
             })
-            .filter(|(_, sel, _)| sel.matches(labels))
+            .filter(|(s, _)| s.selector.matches(labels))
             .collect())
     }
 
     /// The selector of the pod's controller (ReplicaSet, StatefulSet, DaemonSet, Job), read now.
-    pub async fn controller(&self, pod: &Pod) -> Result<Option<(String, Selector)>, kube::Error> {
+    pub async fn controller(&self, pod: &Pod) -> Result<Option<Selecting>, kube::Error> {
         let Some((kind, name)) = facts::controller_ref(pod) else {
             return Ok(None);
         };
@@ -178,17 +177,17 @@ impl ClusterView {
         };
         Ok(selector
             .and_then(|s| facts::controller_selector(&s).ok().flatten())
-            .map(|s| (format!("{kind} {name}"), s)))
+            .map(|selector| Selecting {
+                what: format!("{kind} {name}"),
+                selector,
+            }))
     }
 
-    /// Everything that selects the pod, given the Services that do (`selecting_services`, which
-    /// the caller has already asked to decide whether the rest is worth fetching).
-    pub async fn surroundings(
-        &self,
-        pod: &Pod,
-        services: Vec<(String, Selector)>,
-    ) -> Result<PodSurroundings, kube::Error> {
-        Ok(PodSurroundings {
+    /// Everything that selects the pod, as the decision reads it, given the Services that do
+    /// (`selecting_services`, which the caller has already asked to judge whether the rest is
+    /// worth reading).
+    pub async fn facts(&self, pod: &Pod, services: Vec<Selecting>) -> Result<Facts, kube::Error> {
+        Ok(Facts {
             services,
             controller: self.controller(pod).await?,
             budgets: self.selecting_budgets(pod).await?,

@@ -9,6 +9,8 @@ use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tokio::sync::Semaphore;
 
+use crate::core::notice::{Notice, Severity};
+
 #[derive(Clone)]
 pub struct Events {
     recorder: Recorder,
@@ -38,19 +40,13 @@ impl Events {
 
     /// Publishes an event in the background: the caller (an admission answer, with the API
     /// server's timeout running) does not wait for it.
-    pub fn publish_in_background(
-        &self,
-        pod: &Pod,
-        warning: bool,
-        reason: &'static str,
-        note: String,
-    ) {
+    pub fn publish_in_background(&self, pod: &Pod, notice: Notice) {
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 tracing::warn!(
                     total = n,
-                    reason,
+                    reason = %notice.reason,
                     "too many events on their way; dropping one"
                 );
             }
@@ -58,37 +54,30 @@ impl Events {
         };
         let (events, reference) = (self.clone(), pod.object_ref(&()));
         tokio::spawn(async move {
-            events.publish_ref(&reference, warning, reason, note).await;
+            events.publish_ref(&reference, notice).await;
             drop(permit);
         });
     }
 
     /// Publishes an event; a failure to publish is logged, never fatal (events are best effort).
-    pub async fn publish(&self, pod: &Pod, warning: bool, reason: &str, note: String) {
-        self.publish_ref(&pod.object_ref(&()), warning, reason, note)
-            .await
+    pub async fn publish(&self, pod: &Pod, notice: Notice) {
+        self.publish_ref(&pod.object_ref(&()), notice).await
     }
 
-    async fn publish_ref(
-        &self,
-        reference: &ObjectReference,
-        warning: bool,
-        reason: &str,
-        note: String,
-    ) {
+    async fn publish_ref(&self, reference: &ObjectReference, notice: Notice) {
+        let reason = notice.reason;
         let event = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
+            type_: match reason.severity() {
+                Severity::Normal => EventType::Normal,
+                Severity::Warning => EventType::Warning,
             },
-            reason: reason.to_string(),
-            note: Some(truncate(note, 1000)),
+            reason: reason.as_str().to_string(),
+            note: Some(truncate(notice.note, 1000)),
             action: "Drain".into(),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, reference).await {
-            tracing::warn!(error = %e, reason, "could not publish an event");
+            tracing::warn!(error = %e, %reason, "could not publish an event");
         }
     }
 }

@@ -23,6 +23,7 @@ use jiff::{SignedDuration, Timestamp};
 use crate::core::budget_rules::{self, Verdict};
 use crate::core::isolation::{self, Selecting};
 use crate::core::keys;
+use crate::core::pod_state::PodState;
 use crate::core::schedule::{self, DrainBounds, Reading, Reason, SavedDeleteOptions, Schedule};
 use crate::core::seal::Mark;
 
@@ -91,9 +92,7 @@ impl Request<'_> {
 pub struct PodView<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
-    pub phase: Option<&'a str>,
-    pub ready: bool,
-    pub terminating: bool,
+    pub state: PodState,
     pub labels: &'a BTreeMap<String, String>,
     pub annotations: &'a BTreeMap<String, String>,
     /// One of the product's own pods.
@@ -108,11 +107,11 @@ pub struct PodView<'a> {
 
 /// What selects the pod, as gathered from the caches.
 #[derive(Debug, Clone, Default)]
-pub struct Facts<'a> {
-    pub services: Vec<Selecting<'a>>,
-    pub controller: Option<Selecting<'a>>,
+pub struct Facts {
+    pub services: Vec<Selecting>,
+    pub controller: Option<Selecting>,
     /// Budgets whose selector matches the pod, with their status.
-    pub budgets: Vec<(Selecting<'a>, budget_rules::Budget)>,
+    pub budgets: Vec<(Selecting, budget_rules::Budget)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,11 +177,35 @@ fn pass(reason: PassReason) -> Decision {
     }
 }
 
+/// How much of the cluster a request must read before [`decide`] can answer it, judged from the
+/// pod alone and the Services the cache says select it. Most requests (pods that serve nothing,
+/// or that nothing selects) need no API call at all; `decide` passes them whatever the API says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reads {
+    /// Nothing more: the answer is a pass.
+    Nothing,
+    /// The stored pod only: it carries the draining label but serves no traffic, so its answer is
+    /// repeated (or it is passed) whatever surrounds it.
+    Pod,
+    /// The pod and what surrounds it (its namespace, controller and budgets): a serving pod that
+    /// a Service selects, or that drains.
+    Everything,
+}
+
+/// See [`Reads`]. `selected`: a Service of the pod's namespace selects its labels.
+pub fn reads(state: PodState, draining_label: bool, selected: bool) -> Reads {
+    match (state.serving(), draining_label, selected) {
+        (true, true, _) | (true, _, true) => Reads::Everything,
+        (false, true, _) => Reads::Pod,
+        _ => Reads::Nothing,
+    }
+}
+
 pub fn decide(
     policy: &Policy,
     request: &Request<'_>,
     pod: &PodView<'_>,
-    facts: &Facts<'_>,
+    facts: &Facts,
     now: Timestamp,
 ) -> Decision {
     // 1. Untouched.
@@ -245,9 +268,7 @@ pub fn decide(
     }
 
     // 3. Only pods that serve traffic are drained.
-    let exposed = pod.phase == Some("Running")
-        && pod.ready
-        && !pod.terminating
+    let exposed = pod.state.serving()
         && facts
             .services
             .iter()
@@ -259,14 +280,9 @@ pub fn decide(
     // 4. An eviction the handler would refuse: change nothing, let it answer 429 itself.
     let mut spend_budget = None;
     if request.operation == Operation::Evict {
-        let state = budget_rules::PodState {
-            phase: pod.phase.map(str::to_string),
-            ready: pod.ready,
-            terminating: pod.terminating,
-        };
         let budgets: Vec<budget_rules::Budget> =
             facts.budgets.iter().map(|(_, b)| b.clone()).collect();
-        match budget_rules::judge(&state, &budgets) {
+        match budget_rules::judge(&pod.state, &budgets) {
             Verdict::Refused { .. } => return pass(PassReason::BudgetRefuses),
             Verdict::SpendsBudget { budget } => spend_budget = Some(budget),
             Verdict::NoBudget | Verdict::UnhealthyWithinBudget { .. } | Verdict::SkipsBudgets => {}
@@ -274,9 +290,10 @@ pub fn decide(
     }
 
     // 5. Isolate and schedule.
-    let mut selecting: Vec<Selecting<'_>> = facts.services.clone();
-    selecting.extend(facts.controller.clone());
-    selecting.extend(facts.budgets.iter().map(|(s, _)| s.clone()));
+    let selecting: Vec<&Selecting> = (facts.services.iter())
+        .chain(&facts.controller)
+        .chain(facts.budgets.iter().map(|(s, _)| s))
+        .collect();
     let remove = match isolation::keys_to_remove(pod.labels, &selecting) {
         Ok(keys) => keys,
         Err(e) => {

@@ -38,6 +38,7 @@ fn policy() -> Policy {
     }
 }
 
+use crate::core::pod_state::{Phase, PodState};
 use crate::core::test_support::map;
 
 struct World {
@@ -66,9 +67,7 @@ impl World {
         PodView {
             namespace: "shop",
             name: "web-1",
-            phase: Some("Running"),
-            ready: true,
-            terminating: false,
+            state: PodState::SERVING,
             labels: &self.labels,
             annotations: &self.annotations,
             own: false,
@@ -78,22 +77,22 @@ impl World {
         }
     }
 
-    fn facts(&self, allowed: Option<i32>) -> Facts<'_> {
+    fn facts(&self, allowed: Option<i32>) -> Facts {
         Facts {
             services: vec![Selecting {
                 what: "Service web".into(),
-                selector: &self.service,
+                selector: self.service.clone(),
             }],
             controller: Some(Selecting {
                 what: "ReplicaSet web-abc".into(),
-                selector: &self.rs,
+                selector: self.rs.clone(),
             }),
             budgets: allowed
                 .map(|a| {
                     vec![(
                         Selecting {
                             what: "PodDisruptionBudget web".into(),
-                            selector: &self.pdb,
+                            selector: self.pdb.clone(),
                         },
                         Budget {
                             name: "web".into(),
@@ -190,19 +189,28 @@ fn pods_that_serve_no_traffic_pass() {
     let w = World::new();
     for pod in [
         PodView {
-            ready: false,
+            state: PodState {
+                ready: false,
+                ..PodState::SERVING
+            },
             ..w.pod()
         },
         PodView {
-            terminating: true,
+            state: PodState {
+                terminating: true,
+                ..PodState::SERVING
+            },
             ..w.pod()
         },
         PodView {
-            phase: Some("Pending"),
+            state: PodState {
+                phase: Phase::Pending,
+                ..PodState::SERVING
+            },
             ..w.pod()
         },
         PodView {
-            phase: None,
+            state: PodState::default(),
             ..w.pod()
         },
     ] {
@@ -540,7 +548,7 @@ fn a_pod_that_cannot_be_isolated_passes_with_a_warning() {
     let mut facts = w.facts(None);
     facts.services.push(Selecting {
         what: "Service everything".into(),
-        selector: &negative,
+        selector: negative,
     });
     let d = decide(&policy(), &delete(PERSON), &w.pod(), &facts, now());
     assert!(matches!(
@@ -646,5 +654,100 @@ fn an_unverified_delete_keeps_no_options_and_says_who_claimed_it() {
         };
         assert_eq!(plan.schedule.delete_options, kept, "{origin:?}");
         assert_eq!(plan.schedule.requested_by, by);
+    }
+}
+
+#[test]
+fn what_a_request_must_read_row_by_row() {
+    let not_ready = PodState {
+        ready: false,
+        ..PodState::SERVING
+    };
+    // (state, carries the draining label, a Service selects it) → reads
+    let rows = [
+        (PodState::SERVING, false, false, Reads::Nothing),
+        (PodState::SERVING, false, true, Reads::Everything),
+        (PodState::SERVING, true, false, Reads::Everything),
+        (PodState::SERVING, true, true, Reads::Everything),
+        (not_ready, false, false, Reads::Nothing),
+        (not_ready, false, true, Reads::Nothing),
+        (not_ready, true, false, Reads::Pod),
+        (PodState::default(), true, true, Reads::Pod),
+    ];
+    for (state, draining, selected, want) in rows {
+        assert_eq!(
+            reads(state, draining, selected),
+            want,
+            "{state:?} draining={draining} selected={selected}"
+        );
+    }
+}
+
+/// `reads` repeats conditions of `decide`: whatever it lets skip must not change the answer.
+#[test]
+fn what_reads_skips_cannot_change_the_decision() {
+    let states = [
+        PodState::SERVING,
+        PodState {
+            ready: false,
+            ..PodState::SERVING
+        },
+        PodState {
+            terminating: true,
+            ..PodState::SERVING
+        },
+        PodState::default(),
+    ];
+    let w = World::new();
+    let sealed = match decide(
+        &policy(),
+        &delete(PERSON),
+        &w.pod(),
+        &w.facts(Some(1)),
+        now(),
+    ) {
+        Decision::Drain { isolate, .. } => isolate.expect("a first drain isolates").schedule,
+        Decision::Pass { reason, .. } => panic!("expected a drain, got {reason:?}"),
+    };
+    for state in states {
+        for (mark, draining) in [
+            (Mark::Unmarked, false),
+            (Mark::Sealed(sealed.clone()), true),
+        ] {
+            for selected in [false, true] {
+                let mut w = World::new();
+                w.mark = mark.clone();
+                if !selected {
+                    w.labels.remove("app");
+                }
+                let pod = PodView { state, ..w.pod() };
+                let full = Facts {
+                    services: if selected {
+                        w.facts(Some(1)).services
+                    } else {
+                        vec![]
+                    },
+                    ..w.facts(Some(1))
+                };
+                for request in [delete(PERSON), evict(PERSON), delete(RS)] {
+                    let skipped = match reads(state, draining, selected) {
+                        Reads::Everything => continue,
+                        // Neither the facts nor the namespace are read.
+                        Reads::Nothing | Reads::Pod => {
+                            decide(&policy(), &request, &pod, &Facts::default(), now())
+                        }
+                    };
+                    let read = decide(&policy(), &request, &pod, &full, now());
+                    assert_eq!(
+                        format!("{skipped:?}"),
+                        format!("{read:?}"),
+                        "{state:?} draining={draining} selected={selected} {request:?}"
+                    );
+                    if reads(state, draining, selected) == Reads::Nothing {
+                        assert!(matches!(read, Decision::Pass { .. }));
+                    }
+                }
+            }
+        }
     }
 }
