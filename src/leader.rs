@@ -30,13 +30,31 @@ impl Leadership {
     }
 
     pub fn is_leading(&self) -> bool {
-        matches!(*self.until.borrow(), Some(t) if Instant::now() < t)
+        self.is_leading_at(Instant::now())
+    }
+
+    /// Whether it leads at `now`: only before the deadline of its last renewal.
+    pub fn is_leading_at(&self, now: Instant) -> bool {
+        matches!(*self.until.borrow(), Some(t) if now < t)
     }
 
     /// Resolves when leadership may have changed.
     pub async fn changed(&mut self) {
         let _ = self.until.changed().await;
     }
+}
+
+/// Until when a replica may count on a Lease it renewed with a request sent at `sent`: a fifth of
+/// the Lease's duration before it expires for everyone else (whose clocks start later, when they
+/// see the renewal), and well after the next renewal is due (every third of the duration), so a
+/// replica that keeps renewing never has a gap.
+pub fn lease_deadline(sent: Instant, ttl: Duration) -> Instant {
+    sent + ttl - ttl / 5
+}
+
+/// How often the Lease is renewed.
+pub fn renew_every(ttl: Duration) -> Duration {
+    ttl / 3
 }
 
 pub struct Election {
@@ -50,8 +68,6 @@ pub struct Election {
 }
 
 impl Election {
-    /// Runs the election until `shutdown` turns true, then gives the Lease up (so the next leader
-    /// starts at once instead of waiting for it to expire).
     /// Starts the election; the task ends (releasing the Lease if it led) once `shutdown` changes,
     /// so the caller awaits its handle before exiting.
     pub fn start(
@@ -69,9 +85,7 @@ impl Election {
                 lease_ttl: self.ttl,
             },
         );
-        let period = self.ttl / 3;
-        // Stop counting on the Lease a little before it expires for everyone else.
-        let margin = self.ttl / 5;
+        let period = renew_every(self.ttl);
         let task = tokio::spawn(async move {
             let mut was_leading = false;
             loop {
@@ -100,7 +114,7 @@ impl Election {
                             tracing::info!(identity = %self.identity, "leading: the deleter runs here");
                         }
                         was_leading = true;
-                        let _ = tx.send(Some(sent + self.ttl - margin));
+                        let _ = tx.send(Some(lease_deadline(sent, self.ttl)));
                     }
                     Ok(LeaseLockResult::NotAcquired(_)) => {
                         if was_leading {
@@ -128,5 +142,60 @@ impl Election {
             }
         });
         (Leadership { until: rx }, task)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leading_until(until: Option<Instant>) -> (watch::Sender<Option<Instant>>, Leadership) {
+        let (tx, rx) = watch::channel(until);
+        (tx, Leadership { until: rx })
+    }
+
+    #[test]
+    fn a_fixed_answer_is_kept() {
+        assert!(Leadership::fixed(true).is_leading());
+        assert!(!Leadership::fixed(false).is_leading());
+    }
+
+    #[test]
+    fn leadership_ends_at_the_deadline_of_the_last_renewal() {
+        let sent = Instant::now();
+        let ttl = Duration::from_secs(15);
+        let (_tx, l) = leading_until(Some(lease_deadline(sent, ttl)));
+        assert!(l.is_leading_at(sent));
+        assert!(l.is_leading_at(sent + Duration::from_secs(11)));
+        assert!(
+            !l.is_leading_at(sent + Duration::from_secs(12)),
+            "12 s = ttl - ttl/5"
+        );
+        assert!(!l.is_leading_at(sent + ttl));
+        let (_tx, none) = leading_until(None);
+        assert!(!none.is_leading_at(sent));
+    }
+
+    #[test]
+    fn the_deadline_falls_after_the_next_renewal_and_before_the_lease_expires() {
+        for secs in [3, 15, 60] {
+            let ttl = Duration::from_secs(secs);
+            let sent = Instant::now();
+            let deadline = lease_deadline(sent, ttl);
+            assert!(deadline > sent + renew_every(ttl) * 2, "ttl {ttl:?}");
+            assert!(deadline < sent + ttl, "ttl {ttl:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_renewal_or_a_loss_wakes_whoever_waits() {
+        let (tx, mut l) = leading_until(None);
+        let later = Instant::now() + Duration::from_secs(60);
+        let waiter = tokio::spawn(async move {
+            l.changed().await;
+            l.is_leading()
+        });
+        tx.send(Some(later)).unwrap();
+        assert!(waiter.await.unwrap(), "leads after the renewal");
     }
 }

@@ -11,9 +11,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{LogParams, PostParams};
 use kube::{Api, ResourceExt};
-use pgd_testbed::product::{Install, Options};
-use pgd_testbed::wait::{self, conditions};
-use pgd_testbed::{TestEnv, objects};
+use pgd_harness::product::{Install, Options};
+use pgd_harness::wait::{self, conditions};
+use pgd_harness::{TestEnv, objects};
 use pod_graceful_drain::core::keys;
 use serde_json::json;
 
@@ -145,7 +145,7 @@ async fn the_network_policy_lets_only_the_api_server_reach_the_webhook_and_the_n
         .run_helm(&[
             "upgrade",
             &install.release,
-            pgd_testbed::product::chart_dir().to_str().unwrap(),
+            pgd_harness::product::chart_dir().to_str().unwrap(),
             "--reuse-values",
             "--wait",
             "--set",

@@ -6,8 +6,8 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, ResourceExt};
-use pgd_testbed::TestEnv;
-use pgd_testbed::product::{Install, Options};
+use pgd_harness::TestEnv;
+use pgd_harness::product::{Install, Options};
 use pod_graceful_drain::core::keys;
 use serde_json::json;
 

@@ -17,9 +17,9 @@ use kube::api::EvictParams;
 use kube::runtime::conditions::is_deleted;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use pgd_testbed::TestEnv;
-use pgd_testbed::product::{Install, Options};
-use pgd_testbed::wait;
+use pgd_harness::TestEnv;
+use pgd_harness::product::{Install, Options};
+use pgd_harness::wait;
 use pod_graceful_drain::core::keys;
 use serde_json::json;
 

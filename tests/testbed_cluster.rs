@@ -14,9 +14,9 @@ use kube::api::{DeleteParams, EvictParams, ListParams, LogParams, PostParams};
 use kube::runtime::wait::conditions::is_deleted;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use pgd_testbed::fetch::{self, Traffic};
-use pgd_testbed::wait::{self, conditions};
-use pgd_testbed::{TestEnv, objects};
+use pgd_harness::fetch::{self, Traffic};
+use pgd_harness::wait::{self, conditions};
+use pgd_harness::{TestEnv, objects};
 use serde_json::json;
 
 const ROLLOUT: Duration = Duration::from_secs(90);
@@ -313,7 +313,7 @@ mod support_webhook {
     use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
     use kube::Api;
     use kube::api::{DeleteParams, PostParams};
-    use pgd_testbed::TestEnv;
+    use pgd_harness::TestEnv;
     use serde_json::json;
 
     /// Deletes the (cluster-scoped) webhook configuration when dropped, also on failure.
@@ -326,7 +326,7 @@ mod support_webhook {
         fn drop(&mut self) {
             let api = self.api.clone();
             let name = self.name.clone();
-            let target = pgd_testbed::target().expect("target resolved");
+            let target = pgd_harness::target().expect("target resolved");
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()

@@ -12,10 +12,10 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ListParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use pgd_testbed::drain::drain_node;
-use pgd_testbed::fetch::{self, FetchPod, Traffic};
-use pgd_testbed::wait::{self, conditions};
-use pgd_testbed::{TestEnv, nodes_ready_schedulable, objects};
+use pgd_harness::drain::drain_node;
+use pgd_harness::fetch::{self, FetchPod, Traffic};
+use pgd_harness::wait::{self, conditions};
+use pgd_harness::{TestEnv, nodes_ready_schedulable, objects};
 use serde_json::json;
 
 fn node_of(pods: &[Pod]) -> BTreeMap<String, String> {

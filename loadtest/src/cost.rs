@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use pgd_testbed::TestEnv;
-use pgd_testbed::objects;
-use pgd_testbed::product::{Install, Options};
-use pgd_testbed::wait;
+use pgd_harness::TestEnv;
+use pgd_harness::objects;
+use pgd_harness::product::{Install, Options};
+use pgd_harness::wait;
 use pod_graceful_drain::core::keys;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -256,7 +256,7 @@ pub async fn replica_tls(
     Ok(match client {
         None => builder.with_no_client_auth(),
         Some(name) => {
-            let (crt, key) = pgd_testbed::testbed_client_cert(install.target(), name)?;
+            let (crt, key) = pgd_harness::testbed_client_cert(install.target(), name)?;
             let certs = CertificateDer::pem_file_iter(&crt)?.collect::<Result<Vec<_>, _>>()?;
             builder.with_client_auth_cert(certs, PrivateKeyDer::from_pem_file(&key)?)?
         }

@@ -32,9 +32,9 @@ use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::DeleteParams;
 use kube::{Api, ResourceExt};
-use pgd_testbed::TestEnv;
-use pgd_testbed::product::{ClientAuth, Install, Options};
-use pgd_testbed::wait;
+use pgd_harness::TestEnv;
+use pgd_harness::product::{ClientAuth, Install, Options};
+use pgd_harness::wait;
 use pod_graceful_drain::core::keys;
 use serde::Serialize;
 use serde_json::json;
@@ -905,7 +905,7 @@ fn strip_ansi(text: &str) -> String {
 
 /// The replica's log: `args` after `kubectl -n <ns> logs <pod>`.
 fn replica_log(env: &TestEnv, namespace: &str, pod: &str, args: &[&str]) -> String {
-    match pgd_testbed::kubectl(env.target)
+    match pgd_harness::kubectl(env.target)
         .args(["-n", namespace, "logs", pod])
         .args(args)
         .output()

@@ -150,7 +150,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Join the testbed's network before any thread exists: every runtime thread created after
     // this inherits it (setns is per thread), so every connection starts inside the testbed.
-    pgd_testbed::target()?.enter_network()?;
+    pgd_harness::target()?.enter_network()?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

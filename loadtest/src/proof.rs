@@ -11,11 +11,11 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use pgd_testbed::drain::drain_node;
-use pgd_testbed::objects::{self, APP_LABEL};
-use pgd_testbed::product::{Install, Options};
-use pgd_testbed::wait::{self, conditions};
-use pgd_testbed::{TestEnv, nodes_ready_schedulable};
+use pgd_harness::drain::drain_node;
+use pgd_harness::objects::{self, APP_LABEL};
+use pgd_harness::product::{Install, Options};
+use pgd_harness::wait::{self, conditions};
+use pgd_harness::{TestEnv, nodes_ready_schedulable};
 use serde::Serialize;
 use serde_json::json;
 
@@ -180,7 +180,7 @@ fn warm_up(target: SocketAddr, pods: usize) -> anyhow::Result<()> {
 }
 
 async fn run_commands(env: &TestEnv, cmd: &str, drain: Duration) -> anyhow::Result<()> {
-    let mut c = pgd_testbed::testbed_script(env.target, "exec")?;
+    let mut c = pgd_harness::testbed_script(env.target, "exec")?;
     c.args(["sh", "-c", cmd])
         .env("PGD_LOADTEST_NAMESPACE", &env.namespace)
         .env("PGD_LOADTEST_DRAIN_SECONDS", drain.as_secs().to_string());

@@ -11,8 +11,8 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
-use pgd_testbed::TestEnv;
-use pgd_testbed::product::{Install, Options};
+use pgd_harness::TestEnv;
+use pgd_harness::product::{Install, Options};
 use serde::Serialize;
 use serde_json::json;
 

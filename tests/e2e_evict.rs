@@ -10,9 +10,9 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use pgd_testbed::product::{Install, Options};
-use pgd_testbed::wait::{self, conditions};
-use pgd_testbed::{TestEnv, objects};
+use pgd_harness::product::{Install, Options};
+use pgd_harness::wait::{self, conditions};
+use pgd_harness::{TestEnv, objects};
 use pod_graceful_drain::core::keys;
 use serde_json::json;
 

@@ -10,9 +10,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::EvictParams;
 use kube::runtime::conditions::is_deleted;
 use kube::{Api, ResourceExt};
-use pgd_testbed::TestEnv;
-use pgd_testbed::product::{Install, Options};
-use pgd_testbed::wait;
+use pgd_harness::TestEnv;
+use pgd_harness::product::{Install, Options};
+use pgd_harness::wait;
 use pod_graceful_drain::core::keys;
 use serde_json::json;
 
@@ -64,7 +64,7 @@ async fn a_replica_with_a_clock_60_s_ahead_deletes_nothing_early() -> anyhow::Re
         .run_helm(&[
             "upgrade",
             &install.release,
-            &pgd_testbed::product::chart_dir().to_string_lossy(),
+            &pgd_harness::product::chart_dir().to_string_lossy(),
             "--reuse-values",
             "--set-json",
             r#"extraEnv=[{"name":"PGD_CLOCK_OFFSET_FOR_TESTS_SECONDS","value":"0"}]"#,

@@ -11,9 +11,9 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 use kube::runtime::wait::conditions::is_deleted;
 use kube::{Api, ResourceExt};
-use pgd_testbed::product::{Install, Options, PRODUCT_PODS};
-use pgd_testbed::wait::{self, conditions};
-use pgd_testbed::{TestEnv, kubectl};
+use pgd_harness::product::{Install, Options, PRODUCT_PODS};
+use pgd_harness::wait::{self, conditions};
+use pgd_harness::{TestEnv, kubectl};
 use pod_graceful_drain::core::keys;
 use serde_json::json;
 
@@ -239,7 +239,7 @@ async fn a_held_delete_under_a_slowed_api_is_still_answered_before_the_webhook_t
     let (_, ip) = install.replica_with_ip().await?;
     // Every call the replica makes to the API now waits on a 32 kbit/s link: the isolation patch
     // and its events take seconds instead of milliseconds.
-    let slow = pgd_testbed::faults::SlowApi::new(&ip, 32)?;
+    let slow = pgd_harness::faults::SlowApi::new(&ip, 32)?;
     let t = Instant::now();
     let out = kubectl(env.target)
         .args([

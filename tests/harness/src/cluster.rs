@@ -179,6 +179,22 @@ pub fn helm(target: &Target) -> Command {
     }
 }
 
+/// A `helm` command for what needs no cluster (`lint`, `template`): the testbed's build of helm
+/// (never bringing the testbed up), or `helm` from PATH when the tests run on another cluster.
+pub fn helm_offline() -> Command {
+    if std::env::var_os(EXTERNAL_KUBECONFIG_ENV).is_some() {
+        return Command::new("helm");
+    }
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testbed");
+    let mut c = Command::new("bash");
+    c.args([
+        "-c",
+        r#"source "$0/lib/common.sh" && exec "$HELM_BIN/helm" "$@""#,
+    ])
+    .arg(scripts);
+    c
+}
+
 /// Names of the nodes that are Ready, schedulable and untainted (where test pods can go), sorted.
 pub async fn nodes_ready_schedulable(client: &Client) -> Result<Vec<String>> {
     let nodes = Api::<Node>::all(client.clone())

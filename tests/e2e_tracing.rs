@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{EvictParams, LogParams, PostParams};
 use kube::{Api, ResourceExt};
-use pgd_testbed::product::{Install, Options};
-use pgd_testbed::{TestEnv, objects};
+use pgd_harness::product::{Install, Options};
+use pgd_harness::{TestEnv, objects};
 use serde_json::json;
 
 #[tokio::test]

@@ -11,9 +11,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use pgd_testbed::product::{Install, Options, PRODUCT_PODS};
-use pgd_testbed::wait::{self, conditions};
-use pgd_testbed::{TestEnv, kubectl};
+use pgd_harness::product::{Install, Options, PRODUCT_PODS};
+use pgd_harness::wait::{self, conditions};
+use pgd_harness::{TestEnv, kubectl};
 use pod_graceful_drain::core::keys;
 use serde_json::json;
 

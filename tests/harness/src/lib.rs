@@ -19,7 +19,8 @@ pub mod product;
 pub mod wait;
 
 pub use cluster::{
-    Target, helm, kubectl, nodes_ready_schedulable, target, testbed_client_cert, testbed_script,
+    Target, helm, helm_offline, kubectl, nodes_ready_schedulable, target, testbed_client_cert,
+    testbed_script,
 };
 pub use error::{Error, Result};
 pub use namespace::TestEnv;

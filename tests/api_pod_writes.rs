@@ -12,9 +12,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use pgd_testbed::fetch::{self, Traffic};
-use pgd_testbed::wait::{self, conditions};
-use pgd_testbed::{TestEnv, objects};
+use pgd_harness::fetch::{self, Traffic};
+use pgd_harness::wait::{self, conditions};
+use pgd_harness::{TestEnv, objects};
 use pod_graceful_drain::core::decision::{
     self, Answer, Decision, Facts, LongDrain, Operation, Origin, PodView, Policy, Request,
 };
