@@ -7,13 +7,14 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
 use kube::runtime::wait::conditions::is_deleted;
 use kube::{Api, ResourceExt};
+use pgd_harness::drained::events_about;
 use pgd_harness::wait::{self, conditions};
 use pgd_harness::{TestEnv, objects};
 use pod_graceful_drain::core::decision::{Isolation, LongDrain, Policy};
+use pod_graceful_drain::core::notice::EventReason;
 use pod_graceful_drain::core::schedule::{DrainBounds, Reason, SavedDeleteOptions, Schedule};
 use pod_graceful_drain::core::seal::{KEY_BYTES, Key, KeySet};
 use pod_graceful_drain::deleter::Deleter;
@@ -107,20 +108,6 @@ fn deleter(env: &TestEnv, identity: &str, instance: &str, endpoint_wait_max: Dur
     }
 }
 
-async fn events_for(env: &TestEnv, pod: &str, reason: &str) -> anyhow::Result<usize> {
-    let events: Api<Event> = env.api();
-    Ok(events
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .filter(|e| {
-            e.reason.as_deref() == Some(reason)
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pod)
-        })
-        .count())
-}
-
 #[tokio::test]
 async fn two_deleters_that_both_lead_delete_a_due_pod_exactly_once() -> anyhow::Result<()> {
     let env = TestEnv::new("two-leaders").await?;
@@ -144,7 +131,7 @@ async fn two_deleters_that_both_lead_delete_a_due_pod_exactly_once() -> anyhow::
     a.await?;
     b.await?;
     assert_eq!(
-        events_for(&env, "due", "Deleted").await?,
+        events_about(&env, "due", EventReason::Deleted).await?.len(),
         1,
         "the pod was deleted more than once"
     );
@@ -206,9 +193,16 @@ async fn a_pod_still_ready_in_an_endpoint_slice_is_kept_up_to_the_maximum() -> a
         "deleted while still listed: after {} ms",
         waited.as_millis()
     );
-    assert_eq!(events_for(&env, "listed", "WaitingForEndpoints").await?, 1);
     assert_eq!(
-        events_for(&env, "listed", "EndpointsWaitExceeded").await?,
+        events_about(&env, "listed", EventReason::WaitingForEndpoints)
+            .await?
+            .len(),
+        1
+    );
+    assert_eq!(
+        events_about(&env, "listed", EventReason::EndpointsWaitExceeded)
+            .await?
+            .len(),
         1
     );
     Ok(())

@@ -14,29 +14,18 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use kube::api::{EvictParams, ListParams, Patch, PatchParams};
-use kube::runtime::wait::conditions::is_deleted;
 use kube::{Api, ResourceExt};
+use pgd_harness::drained::{self, delete_at, deleted_between, draining};
 use pgd_harness::fetch::{FetchPod, Traffic};
 use pgd_harness::product::{Install, Options, chart_dir};
 use pgd_harness::{TestEnv, helm, testbed_script, wait};
 use pod_graceful_drain::core::keys;
+use pod_graceful_drain::core::notice::EventReason;
 use serde_json::json;
-
-fn draining(p: &Pod) -> bool {
-    p.labels().contains_key(keys::DRAINING_LABEL)
-}
-
-fn delete_at(p: &Pod) -> anyhow::Result<Timestamp> {
-    Ok(p.annotations()
-        .get(keys::DELETE_AT)
-        .ok_or_else(|| anyhow::anyhow!("{} has no delete-at", p.name_any()))?
-        .parse()?)
-}
 
 /// Evicts `name` and returns the pod as it is once draining.
 async fn evict_and_wait_draining(api: &Api<Pod>, name: &str) -> anyhow::Result<Pod> {
@@ -51,33 +40,6 @@ async fn evict_and_wait_draining(api: &Api<Pod>, name: &str) -> anyhow::Result<P
     .await?
     .ok_or_else(|| anyhow::anyhow!("{name} vanished"))?;
     Ok(pod)
-}
-
-/// Waits until `pod` is gone; fails if it went before `not_before`.
-async fn deleted_between(
-    api: &Api<Pod>,
-    pod: &Pod,
-    not_before: Timestamp,
-    by: Timestamp,
-) -> anyhow::Result<()> {
-    let name = pod.name_any();
-    let left = by.duration_since(Timestamp::now());
-    let left = Duration::try_from(left).unwrap_or(Duration::ZERO) + Duration::from_millis(500);
-    let uid = pod.uid().unwrap_or_default();
-    tokio::time::timeout(
-        left,
-        kube::runtime::wait::await_condition(api.clone(), &name, is_deleted(&uid)),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("{name} was not deleted by {by}"))??;
-    let now = Timestamp::now();
-    // The deletion is observed a moment after it happens; a pod gone before its delete-at would
-    // be seen well before it.
-    assert!(
-        now >= not_before,
-        "{name} was deleted at {now}, before its delete-at {not_before}"
-    );
-    Ok(())
 }
 
 #[tokio::test]
@@ -206,7 +168,8 @@ async fn a_default_install_is_highly_available_and_drains_a_rollout() -> anyhow:
                 at,
                 at.checked_add(jiff::SignedDuration::from_secs(5))?,
             )
-            .await
+            .await?;
+            anyhow::Ok(())
         }
     }))
     .await?;
@@ -517,16 +480,9 @@ async fn uninstall_leaves_nothing_behind_and_no_pod_isolated() -> anyhow::Result
         Timestamp::now() + jiff::SignedDuration::from_secs(5),
     )
     .await?;
-    let events: Api<Event> = env.api();
-    let cut = events
-        .list(&ListParams::default())
+    let cut = !drained::events_about(&env, &long.name_any(), EventReason::DrainCutShort)
         .await?
-        .items
-        .into_iter()
-        .any(|e| {
-            e.reason.as_deref() == Some("DrainCutShort")
-                && e.regarding.as_ref().and_then(|r| r.name.clone()) == Some(long.name_any())
-        });
+        .is_empty();
     assert!(
         cut,
         "no DrainCutShort event for the pod whose drain was cut short"

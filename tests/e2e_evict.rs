@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
+use pgd_harness::drained::draining;
 use pgd_harness::product::{Install, Options};
 use pgd_harness::wait::{self, conditions};
 use pgd_harness::{TestEnv, objects};
@@ -34,10 +35,6 @@ async fn app(env: &TestEnv, replicas: i32, budget: serde_json::Value) -> anyhow:
     )
     .await?;
     Ok(pods)
-}
-
-fn draining(p: &Pod) -> bool {
-    p.labels().contains_key(keys::DRAINING_LABEL)
 }
 
 #[tokio::test]

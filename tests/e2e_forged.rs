@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
+use pgd_harness::drained::draining;
 use pgd_harness::product::{ClientAuth, Install, Options};
 use pgd_harness::{TestEnv, objects, testbed_client_cert};
 use pod_graceful_drain::core::keys;
@@ -108,10 +109,6 @@ fn forged_delete(uid: &str, old_object: Value, options: Value) -> Value {
 
 fn grace_zero() -> Value {
     json!({"apiVersion": "meta.k8s.io/v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0})
-}
-
-fn draining(p: &Pod) -> bool {
-    p.labels().contains_key(keys::DRAINING_LABEL)
 }
 
 /// The pod is as it was: same labels, no schedule, not terminating.

@@ -15,6 +15,7 @@ use pgd_harness::drain::drain_node;
 use pgd_harness::product::{Install, Options};
 use pgd_harness::wait::{self, conditions};
 use pgd_harness::{TestEnv, nodes_ready_schedulable, objects};
+use pod_graceful_drain::core::notice::EventReason;
 use serde_json::json;
 
 #[tokio::test]
@@ -65,7 +66,7 @@ async fn kubectl_drain_completes_and_drained_pods_serve_until_delete_at() -> any
     );
     let mut deleted_at: BTreeMap<String, Timestamp> = BTreeMap::new();
     for e in events.list(&ListParams::default()).await?.items {
-        if e.reason.as_deref() == Some("Deleted")
+        if e.reason.as_deref() == Some(EventReason::Deleted.as_str())
             && let (Some(name), Some(t)) = (e.regarding.and_then(|r| r.name), e.event_time)
         {
             deleted_at.insert(name, t.0);

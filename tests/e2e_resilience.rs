@@ -9,12 +9,13 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams};
-use kube::runtime::wait::conditions::is_deleted;
 use kube::{Api, ResourceExt};
+use pgd_harness::drained::{self, delete_at, deleted_by};
 use pgd_harness::product::{Install, Options, PRODUCT_PODS};
 use pgd_harness::wait::{self, conditions};
 use pgd_harness::{TestEnv, kubectl};
 use pod_graceful_drain::core::keys;
+use pod_graceful_drain::core::notice::EventReason;
 use serde_json::json;
 
 async fn app(env: &TestEnv, replicas: i32) -> anyhow::Result<Vec<Pod>> {
@@ -24,21 +25,7 @@ async fn app(env: &TestEnv, replicas: i32) -> anyhow::Result<Vec<Pod>> {
 /// Evicts the pod (answered at once) and returns its delete-at.
 async fn start_drain(api: &Api<Pod>, name: &str) -> anyhow::Result<Timestamp> {
     api.evict(name, &EvictParams::default()).await?;
-    let pod = api.get(name).await?;
-    Ok(pod.annotations()[keys::DELETE_AT].parse()?)
-}
-
-async fn deleted_by(api: &Api<Pod>, pod: &Pod, deadline: Timestamp) -> anyhow::Result<()> {
-    let wait = Duration::try_from(deadline.duration_since(Timestamp::now())).unwrap_or_default();
-    wait::until(
-        api,
-        &pod.name_any(),
-        &format!("{} to be deleted by {deadline}", pod.name_any()),
-        wait + Duration::from_secs(1),
-        is_deleted(&pod.uid().unwrap()),
-    )
-    .await?;
-    Ok(())
+    Ok(delete_at(&api.get(name).await?)?)
 }
 
 #[tokio::test]
@@ -148,14 +135,13 @@ async fn a_mangled_schedule_gets_a_warning_and_the_pod_is_deleted_at_its_sealed_
         Duration::from_secs(20),
         |evs: &[Event]| {
             evs.iter().any(|e| {
-                e.reason.as_deref() == Some("DrainScheduleRepaired")
+                drained::is_about(e, &name, EventReason::DrainScheduleRepaired)
                     && e.type_.as_deref() == Some("Warning")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str())
             })
         },
     )
     .await?;
-    let repaired: Timestamp = api.get(&name).await?.annotations()[keys::DELETE_AT].parse()?;
+    let repaired = delete_at(&api.get(&name).await?)?;
     assert_eq!(repaired, sealed, "the readable delete-at was not put back");
     deleted_by(
         &api,
@@ -202,7 +188,7 @@ async fn a_drain_longer_than_the_budget_answers_at_the_deadline_and_deletes_on_t
         answered >= Duration::from_secs(4) && answered < Duration::from_secs(10),
         "{answered:?}"
     );
-    let delete_at: Timestamp = api.get(&name).await?.annotations()[keys::DELETE_AT].parse()?;
+    let delete_at = delete_at(&api.get(&name).await?)?;
     assert!(
         stderr.contains(&delete_at.to_string()),
         "the message does not name delete-at: {stderr}"
@@ -280,7 +266,7 @@ async fn a_held_delete_under_a_slowed_api_is_still_answered_before_the_webhook_t
         "the pod was not isolated: {:?}",
         pod.labels()
     );
-    let delete_at: Timestamp = pod.annotations()[keys::DELETE_AT].parse()?;
+    let delete_at = delete_at(&pod)?;
     deleted_by(
         &api,
         &pods[0],

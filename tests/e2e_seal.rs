@@ -12,15 +12,15 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::events::v1::Event;
 use kube::api::EvictParams;
 use kube::runtime::conditions::is_deleted;
-use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use pgd_harness::TestEnv;
+use pgd_harness::drained::event_about;
 use pgd_harness::product::{Install, Options};
 use pgd_harness::wait;
 use pod_graceful_drain::core::keys;
+use pod_graceful_drain::core::notice::EventReason;
 use serde_json::json;
 
 fn without_schedule_policy(drain_seconds: u64, max_seconds: u64) -> Options {
@@ -35,28 +35,6 @@ fn without_schedule_policy(drain_seconds: u64, max_seconds: u64) -> Options {
 }
 
 /// Waits for an event of `reason` about `pod`, and returns its note.
-async fn event_about(env: &TestEnv, pod: &str, reason: &str) -> anyhow::Result<String> {
-    let events: Api<Event> = env.api();
-    let found = wait::until_list(
-        &events,
-        watcher::Config::default(),
-        &format!("a {reason} event about {pod}"),
-        Duration::from_secs(30),
-        |evs: &[Event]| {
-            evs.iter().any(|e| {
-                e.reason.as_deref() == Some(reason)
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pod)
-            })
-        },
-    )
-    .await?;
-    Ok(found
-        .into_iter()
-        .find(|e| e.reason.as_deref() == Some(reason))
-        .and_then(|e| e.note)
-        .unwrap_or_default())
-}
-
 #[tokio::test]
 async fn a_forged_drain_is_not_carried_out_and_the_pod_is_judged_afresh() -> anyhow::Result<()> {
     let env = TestEnv::new("seal-forged").await?;
@@ -91,7 +69,15 @@ async fn a_forged_drain_is_not_carried_out_and_the_pod_is_judged_afresh() -> any
             eprintln!("{name}: the patch did not keep the label");
             continue;
         }
-        let note = event_about(&env, &name, "DrainScheduleForged").await?;
+        let note = event_about(
+            &env,
+            &name,
+            EventReason::DrainScheduleForged,
+            Duration::from_secs(30),
+        )
+        .await?
+        .note
+        .unwrap_or_default();
         eprintln!("{name}: {note}");
         let now = api.get(&name).await?;
         assert_eq!(now.uid(), pod.uid(), "{name} was replaced");

@@ -9,6 +9,7 @@
 mod apps;
 mod cluster;
 pub mod drain;
+pub mod drained;
 mod error;
 pub mod faults;
 pub mod fetch;
