@@ -342,6 +342,17 @@ struct BodyLimits {
     refusals: Arc<Refusals>,
 }
 
+impl BodyLimits {
+    /// Limits for one request outside any listener: the webhook port's time, a budget of its own.
+    fn alone() -> BodyLimits {
+        BodyLimits {
+            timeout: Limits::WEBHOOK.body_timeout,
+            budget: Arc::new(Semaphore::new(Limits::WEBHOOK.body_budget)),
+            refusals: Arc::default(),
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum BodyRefused {
     TooLarge,
@@ -440,9 +451,12 @@ async fn review(
     State(admission): State<Arc<Admission>>,
     caller: Option<Extension<Caller>>,
     slot: Option<Extension<Slot>>,
-    Extension(limits): Extension<BodyLimits>,
+    limits: Option<Extension<BodyLimits>>,
     request: Request,
 ) -> Response {
+    // Set by the accept loop; a request routed without it (the router driven in process) reads
+    // its body under limits of its own.
+    let limits = limits.map_or_else(BodyLimits::alone, |Extension(l)| l);
     let caller = caller
         .map(|Extension(c)| c)
         .unwrap_or(Caller::Unverified(client_auth::Unverified::NotAsked));

@@ -45,22 +45,9 @@ async fn evict_and_wait_draining(api: &Api<Pod>, name: &str) -> anyhow::Result<P
 #[tokio::test]
 async fn a_default_install_is_highly_available_and_drains_a_rollout() -> anyhow::Result<()> {
     let env = TestEnv::new("chart-default").await?;
-    // Default values: only the image and this test's namespace scoping differ.
-    let install = Install::new(
-        &env,
-        Options {
-            replicas: 3,
-            drain_seconds: 90,
-            hold_seconds: 25,
-            values: vec![
-                ("shutdownGraceSeconds".into(), "5".into()),
-                ("leaderElection.leaseSeconds".into(), "15".into()),
-                ("drain.minSeconds".into(), "5".into()),
-            ],
-            ..Options::default()
-        },
-    )
-    .await?;
+    // Default values: only the image, this test's namespace scoping and client authentication
+    // (required) differ.
+    let install = Install::new(&env, Options::chart_defaults()).await?;
     let ns_api: Api<Namespace> = Api::all(env.client.clone());
     // The replicas satisfy the restricted Pod Security Standard: enforce it and restart them all.
     ns_api
@@ -229,7 +216,7 @@ async fn a_rotated_certificate_is_served_without_restarts() -> anyhow::Result<()
         &env,
         Options {
             values: vec![("tls.certSeconds".into(), "60".into())],
-            ..Options::default()
+            ..Options::fast()
         },
     )
     .await?;
@@ -320,7 +307,7 @@ async fn an_upgrade_under_load_loses_no_schedule_and_keeps_the_certificate() -> 
         Options {
             replicas: 3,
             drain_seconds: 25,
-            ..Options::default()
+            ..Options::fast()
         },
     )
     .await?;
@@ -435,7 +422,7 @@ async fn uninstall_leaves_nothing_behind_and_no_pod_isolated() -> anyhow::Result
         Options {
             drain_seconds: 300,
             values: vec![("uninstall.waitSeconds".into(), "15".into())],
-            ..Options::default()
+            ..Options::fast()
         },
     )
     .await?;
@@ -579,7 +566,7 @@ async fn an_uninstall_raced_by_a_writer_ends_with_the_pod_gone_or_in_an_error() 
         Options {
             drain_seconds: 300,
             values: vec![("uninstall.waitSeconds".into(), "2".into())],
-            ..Options::default()
+            ..Options::fast()
         },
     )
     .await?;
@@ -761,7 +748,7 @@ async fn an_upgrade_from_the_previous_chart_switches_client_auth_on_and_keeps_sc
             client_auth: pgd_harness::product::ClientAuth::None,
             drain_seconds: 40,
             extra_env: vec![("PGD_SEAL_SECRET".into(), seal_secret.clone())],
-            ..Options::default()
+            ..Options::fast()
         },
     )
     .await?;
@@ -824,7 +811,7 @@ async fn changing_the_instance_on_upgrade_is_refused_and_the_drains_go_on() -> a
         Options {
             replicas: 1,
             drain_seconds: 20,
-            ..Options::default()
+            ..Options::fast()
         },
     )
     .await?;

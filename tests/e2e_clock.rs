@@ -25,7 +25,7 @@ async fn a_replica_with_a_clock_60_s_ahead_deletes_nothing_early() -> anyhow::Re
             replicas: 1,
             drain_seconds: 8,
             extra_env: vec![("PGD_CLOCK_OFFSET_FOR_TESTS_SECONDS".into(), "60".into())],
-            ..Options::default()
+            ..Options::fast()
         },
     )
     .await?;

@@ -63,7 +63,7 @@ async fn rollout_keeps_old_pods_serving_until_delete_at_without_slowing_down() -
     let (_, plain_time) = rollout(&plain).await?;
 
     let env = TestEnv::new("rollout").await?;
-    let _install = Install::new(&env, Options::default()).await?;
+    let _install = Install::new(&env, Options::fast()).await?;
     let (old, with_time) = rollout(&env).await?;
     eprintln!("rollout of 3 replicas: {plain_time:?} without the webhook, {with_time:?} with it");
     assert!(
@@ -140,7 +140,7 @@ async fn rollout_keeps_old_pods_serving_until_delete_at_without_slowing_down() -
 #[tokio::test]
 async fn a_persons_delete_is_held_and_exits_zero() -> anyhow::Result<()> {
     let env = TestEnv::new("held").await?;
-    let _install = Install::new(&env, Options::default()).await?;
+    let _install = Install::new(&env, Options::fast()).await?;
     env.serve_demo("web", 2, json!({})).await?;
     let pods: Api<Pod> = env.api();
     let victim = pods
@@ -174,7 +174,7 @@ async fn a_persons_delete_is_held_and_exits_zero() -> anyhow::Result<()> {
 #[tokio::test]
 async fn scale_down_keeps_removed_pods_serving_until_delete_at() -> anyhow::Result<()> {
     let env = TestEnv::new("scale-down").await?;
-    let _install = Install::new(&env, Options::default()).await?;
+    let _install = Install::new(&env, Options::fast()).await?;
     env.serve_demo("web", 3, json!({})).await?;
     let deployments: Api<Deployment> = env.api();
     let started = Instant::now();
@@ -225,7 +225,7 @@ async fn scale_down_keeps_removed_pods_serving_until_delete_at() -> anyhow::Resu
 #[tokio::test]
 async fn a_replica_stopping_finishes_the_requests_it_holds() -> anyhow::Result<()> {
     let env = TestEnv::new("sigterm").await?;
-    let install = Install::new(&env, Options::default()).await?;
+    let install = Install::new(&env, Options::fast()).await?;
     env.serve_demo("web", 2, json!({})).await?;
     let pods: Api<Pod> = env.api();
     let victim = pods

@@ -41,7 +41,7 @@ async fn app(env: &TestEnv, replicas: i32, budget: serde_json::Value) -> anyhow:
 async fn an_allowed_eviction_isolates_spends_the_budget_and_keeps_the_pod_serving()
 -> anyhow::Result<()> {
     let env = TestEnv::new("evict").await?;
-    let _install = Install::new(&env, Options::default()).await?;
+    let _install = Install::new(&env, Options::fast()).await?;
     let pods = app(&env, 3, json!({"maxUnavailable": 1})).await?;
     let api: Api<Pod> = env.api();
     let victim = pods[0].name_any();
@@ -83,7 +83,7 @@ async fn an_allowed_eviction_isolates_spends_the_budget_and_keeps_the_pod_servin
 async fn parallel_evictions_spend_a_budget_of_one_exactly_once_and_the_rest_get_429()
 -> anyhow::Result<()> {
     let env = TestEnv::new("evict-race").await?;
-    let _install = Install::new(&env, Options::default()).await?;
+    let _install = Install::new(&env, Options::fast()).await?;
     let pods = app(&env, 10, json!({"maxUnavailable": 1})).await?;
     let api: Api<Pod> = env.api();
     let tries = pods.iter().map(|p| {
@@ -135,7 +135,7 @@ async fn parallel_evictions_spend_a_budget_of_one_exactly_once_and_the_rest_get_
 #[tokio::test]
 async fn a_forbidden_eviction_gets_429_and_changes_nothing() -> anyhow::Result<()> {
     let env = TestEnv::new("evict-no").await?;
-    let _install = Install::new(&env, Options::default()).await?;
+    let _install = Install::new(&env, Options::fast()).await?;
     let pods = app(&env, 2, json!({"minAvailable": 2})).await?;
     let api: Api<Pod> = env.api();
     match api
@@ -154,7 +154,7 @@ async fn a_forbidden_eviction_gets_429_and_changes_nothing() -> anyhow::Result<(
 #[tokio::test]
 async fn pods_not_serving_dry_runs_and_opted_out_pods_pass_at_once() -> anyhow::Result<()> {
     let env = TestEnv::new("pass").await?;
-    let _install = Install::new(&env, Options::default()).await?;
+    let _install = Install::new(&env, Options::fast()).await?;
     let pods = app(&env, 3, json!({"maxUnavailable": 3})).await?;
     let api: Api<Pod> = env.api();
     let quick = Duration::from_secs(3);
@@ -213,7 +213,7 @@ async fn excluded_namespaces_pass_at_once() -> anyhow::Result<()> {
     let env = TestEnv::new("excluded").await?;
     let opts = Options {
         excluded_namespaces: vec![env.namespace.clone()],
-        ..Options::default()
+        ..Options::fast()
     };
     let _install = Install::new(&env, opts).await?;
     let pods = app(&env, 2, json!({"maxUnavailable": 2})).await?;
@@ -243,7 +243,7 @@ async fn excluded_namespaces_pass_at_once() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_dry_run_inside_the_eviction_changes_nothing() -> anyhow::Result<()> {
     let env = TestEnv::new("evict-dry").await?;
-    let _install = Install::new(&env, Options::default()).await?;
+    let _install = Install::new(&env, Options::fast()).await?;
     let pods = app(&env, 3, json!({"maxUnavailable": 1})).await?;
     let api: Api<Pod> = env.api();
     let victim = pods[0].name_any();
@@ -279,7 +279,7 @@ async fn a_dry_run_inside_the_eviction_changes_nothing() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_budget_created_just_before_an_eviction_is_honoured() -> anyhow::Result<()> {
     let env = TestEnv::new("evict-new-pdb").await?;
-    let _install = Install::new(&env, Options::default()).await?;
+    let _install = Install::new(&env, Options::fast()).await?;
     let pods = env.serve_demo("web", 3, json!({})).await?;
     let api: Api<Pod> = env.api();
     let victim = pods[0].name_any();

@@ -132,7 +132,7 @@ async fn scene(env: &TestEnv, client_auth: ClientAuth) -> anyhow::Result<(Instal
         env,
         Options {
             client_auth,
-            ..Options::default()
+            ..Options::fast()
         },
     )
     .await?;

@@ -120,7 +120,7 @@ async fn the_network_policy_lets_only_the_api_server_reach_the_webhook_and_the_n
                 "nodeSelector.kubernetes\\.io/hostname".into(),
                 REPLICA_NODE.into(),
             )],
-            ..Options::default()
+            ..Options::fast()
         },
     )
     .await?;

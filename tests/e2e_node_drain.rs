@@ -27,7 +27,7 @@ async fn kubectl_drain_completes_and_drained_pods_serve_until_delete_at() -> any
         "needs two schedulable nodes, has {nodes:?}"
     );
     let (keep, drain) = (nodes[0].clone(), nodes[1].clone());
-    let _install = Install::new(&env, Options::default()).await?;
+    let _install = Install::new(&env, Options::fast()).await?;
     let pp = PostParams::default();
     env.api::<PodDisruptionBudget>()
         .create(&pp, &objects::pdb("web", json!({"maxUnavailable": 1})))

@@ -31,7 +31,7 @@ async fn start_drain(api: &Api<Pod>, name: &str) -> anyhow::Result<Timestamp> {
 #[tokio::test]
 async fn killing_the_leader_mid_drain_still_deletes_on_time() -> anyhow::Result<()> {
     let env = TestEnv::new("failover").await?;
-    let install = Install::new(&env, Options::default()).await?;
+    let install = Install::new(&env, Options::fast()).await?;
     let pods = app(&env, 2).await?;
     let api: Api<Pod> = env.api();
     let delete_at = start_drain(&api, &pods[0].name_any()).await?;
@@ -56,7 +56,7 @@ async fn restarting_every_replica_mid_drain_loses_no_schedule() -> anyhow::Resul
         &env,
         Options {
             drain_seconds: 15,
-            ..Options::default()
+            ..Options::fast()
         },
     )
     .await?;
@@ -111,7 +111,7 @@ async fn a_mangled_schedule_gets_a_warning_and_the_pod_is_deleted_at_its_sealed_
                 ("drain.maxSeconds".into(), "12".into()),
                 ("schedulePolicy.enabled".into(), "false".into()),
             ],
-            ..Options::default()
+            ..Options::fast()
         },
     )
     .await?;
@@ -160,7 +160,7 @@ async fn a_drain_longer_than_the_budget_answers_at_the_deadline_and_deletes_on_t
         &env,
         Options {
             hold_seconds: 5,
-            ..Options::default()
+            ..Options::fast()
         },
     )
     .await?;
@@ -215,7 +215,7 @@ async fn a_held_delete_under_a_slowed_api_is_still_answered_before_the_webhook_t
             replicas: 1,
             hold_seconds: 20,
             drain_seconds: 40,
-            ..Options::default()
+            ..Options::fast()
         },
     )
     .await?;

@@ -19,7 +19,7 @@ fn refused_with(out: &std::process::Output, words: &str) -> bool {
 async fn only_pod_graceful_drain_may_mark_a_pod_draining_or_change_its_schedule()
 -> anyhow::Result<()> {
     let env = TestEnv::new("sched-policy").await?;
-    let _install = Install::new(&env, Options::default()).await?;
+    let _install = Install::new(&env, Options::fast()).await?;
     let pods = env.serve_demo("web", 2, json!({})).await?;
     let api: Api<Pod> = env.api();
     let target = pods[0].name_any();

@@ -30,7 +30,7 @@ fn without_schedule_policy(drain_seconds: u64, max_seconds: u64) -> Options {
             ("schedulePolicy.enabled".into(), "false".into()),
             ("drain.maxSeconds".into(), max_seconds.to_string()),
         ],
-        ..Options::default()
+        ..Options::fast()
     }
 }
 

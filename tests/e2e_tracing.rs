@@ -49,7 +49,7 @@ async fn traces_are_exported_over_otlp_when_an_endpoint_is_configured() -> anyho
                 ("OTEL_BSP_SCHEDULE_DELAY".into(), "500".into()),
                 ("OTEL_SERVICE_NAME".into(), "pgd-under-test".into()),
             ],
-            ..Options::default()
+            ..Options::fast()
         },
     )
     .await?;

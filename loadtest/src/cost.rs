@@ -276,7 +276,7 @@ pub async fn run(
         Options {
             replicas: 1,
             drain_seconds: 60,
-            ..Options::default()
+            ..Options::fast()
         },
     )
     .await?;

@@ -57,7 +57,7 @@ pub async fn run(lease_seconds: u64) -> anyhow::Result<Failover> {
                 ),
                 ("shutdownGraceSeconds".into(), "5".into()),
             ],
-            ..Options::default()
+            ..Options::fast()
         },
     )
     .await?;

@@ -1270,7 +1270,7 @@ pub async fn run(cfg: &FloodConfig) -> anyhow::Result<FloodReport> {
             client_auth: ClientAuth::None,
             drain_seconds,
             hold_seconds: cfg.hold_seconds,
-            ..Options::default()
+            ..Options::fast()
         },
     )
     .await?;

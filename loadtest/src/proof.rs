@@ -213,7 +213,7 @@ pub async fn run_one(
                         replicas: 3,
                         drain_seconds: drain.as_secs(),
                         hold_seconds: 25,
-                        ..Options::default()
+                        ..Options::fast()
                     },
                 )
                 .await?,

@@ -127,7 +127,7 @@ pub async fn run(
         &env,
         Options {
             replicas: 2,
-            ..Options::default()
+            ..Options::fast()
         },
     )
     .await?;

@@ -67,10 +67,21 @@ pub struct Options {
     pub values: Vec<(String, String)>,
     /// Extra environment of the replicas (chart value extraEnv).
     pub extra_env: Vec<(String, String)>,
+    pub timings: Timings,
 }
 
-impl Default for Options {
-    fn default() -> Self {
+/// How long the replicas take over the steps that are not what a test is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timings {
+    /// Short: a 1 s shortest drain, 2 s of shutdown grace, a 6 s Lease, a 30 s uninstall wait.
+    Fast,
+    /// The chart's own.
+    Chart,
+}
+
+impl Options {
+    /// What most tests install: two replicas, short drains and timings, so a test takes seconds.
+    pub fn fast() -> Options {
         Options {
             chart: None,
             replicas: 2,
@@ -82,6 +93,19 @@ impl Default for Options {
             excluded_namespaces: vec![],
             values: vec![],
             extra_env: vec![],
+            timings: Timings::Fast,
+        }
+    }
+
+    /// The chart's defaults (replicas, drain, hold and every timing), but for client
+    /// authentication: required, as the testbed's API server is set up for it.
+    pub fn chart_defaults() -> Options {
+        Options {
+            replicas: 3,
+            drain_seconds: 90,
+            hold_seconds: 25,
+            timings: Timings::Chart,
+            ..Options::fast()
         }
     }
 }
@@ -141,14 +165,21 @@ impl Install {
             ("image.tag".into(), IMAGE_TAG.into()),
             ("replicaCount".into(), opts.replicas.to_string()),
             ("drain.seconds".into(), opts.drain_seconds.to_string()),
-            ("drain.minSeconds".into(), "1".into()),
             ("holdSeconds".into(), opts.hold_seconds.to_string()),
-            ("shutdownGraceSeconds".into(), "2".into()),
-            ("leaderElection.leaseSeconds".into(), "6".into()),
             // Installations of parallel tests must not act on each other's pods.
             ("instance".into(), env.namespace.clone()),
-            ("uninstall.waitSeconds".into(), "30".into()),
         ];
+        if opts.timings == Timings::Fast {
+            sets.extend(
+                [
+                    ("drain.minSeconds", "1"),
+                    ("shutdownGraceSeconds", "2"),
+                    ("leaderElection.leaseSeconds", "6"),
+                    ("uninstall.waitSeconds", "30"),
+                ]
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+            );
+        }
         if opts.chart.is_none() {
             sets.push(("clientAuth.mode".into(), opts.client_auth.as_str().into()));
         } else if opts.client_auth != ClientAuth::None {
