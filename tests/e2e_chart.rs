@@ -414,6 +414,14 @@ async fn an_upgrade_under_load_loses_no_schedule_and_keeps_the_certificate() -> 
     Ok(())
 }
 
+/// Whether `name` no longer exists.
+async fn absent<K>(api: Api<K>, name: &str) -> anyhow::Result<bool>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api.get_opt(name).await?.is_none())
+}
+
 #[tokio::test]
 async fn uninstall_leaves_nothing_behind_and_no_pod_isolated() -> anyhow::Result<()> {
     let env = TestEnv::new("chart-uninstall").await?;
@@ -484,43 +492,43 @@ async fn uninstall_leaves_nothing_behind_and_no_pod_isolated() -> anyhow::Result
     assert_eq!(isolated, 0, "pods left isolated after uninstall");
 
     // Nothing of the release is left.
-    assert!(
-        Api::<ValidatingWebhookConfiguration>::all(client.clone())
-            .get_opt(&name)
-            .await?
-            .is_none()
-    );
-    assert!(
-        Api::<MutatingWebhookConfiguration>::all(client.clone())
-            .get_opt(&name)
-            .await?
-            .is_none()
-    );
-    assert!(
-        Api::<ClusterRole>::all(client.clone())
-            .get_opt(&name)
-            .await?
-            .is_none()
-    );
-    assert!(
-        Api::<ClusterRoleBinding>::all(client.clone())
-            .get_opt(&name)
-            .await?
-            .is_none()
-    );
-    assert!(
-        Api::<PriorityClass>::all(client.clone())
-            .get_opt(&name)
-            .await?
-            .is_none()
-    );
-    assert!(
-        Api::<Lease>::namespaced(client.clone(), &ns)
-            .get_opt(&name)
-            .await?
-            .is_none(),
-        "the Lease is left"
-    );
+    let left = [
+        (
+            "ValidatingWebhookConfiguration",
+            absent(
+                Api::<ValidatingWebhookConfiguration>::all(client.clone()),
+                &name,
+            )
+            .await?,
+        ),
+        (
+            "MutatingWebhookConfiguration",
+            absent(
+                Api::<MutatingWebhookConfiguration>::all(client.clone()),
+                &name,
+            )
+            .await?,
+        ),
+        (
+            "ClusterRole",
+            absent(Api::<ClusterRole>::all(client.clone()), &name).await?,
+        ),
+        (
+            "ClusterRoleBinding",
+            absent(Api::<ClusterRoleBinding>::all(client.clone()), &name).await?,
+        ),
+        (
+            "PriorityClass",
+            absent(Api::<PriorityClass>::all(client.clone()), &name).await?,
+        ),
+        (
+            "Lease",
+            absent(Api::<Lease>::namespaced(client.clone(), &ns), &name).await?,
+        ),
+    ];
+    for (kind, gone) in left {
+        assert!(gone, "the {kind} {name} is left");
+    }
     let secrets = Api::<Secret>::namespaced(client.clone(), &ns)
         .list(&ListParams::default())
         .await?;

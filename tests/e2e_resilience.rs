@@ -11,16 +11,12 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use pgd_harness::drained::{self, delete_at, deleted_by};
-use pgd_harness::product::{Install, Options, PRODUCT_PODS};
+use pgd_harness::kubectl;
+use pgd_harness::product::{Options, PRODUCT_PODS, Scene};
 use pgd_harness::wait::{self, conditions};
-use pgd_harness::{TestEnv, kubectl};
 use pod_graceful_drain::core::keys;
 use pod_graceful_drain::core::notice::EventReason;
 use serde_json::json;
-
-async fn app(env: &TestEnv, replicas: i32) -> anyhow::Result<Vec<Pod>> {
-    Ok(env.serve_demo("web", replicas, json!({})).await?)
-}
 
 /// Evicts the pod (answered at once) and returns its delete-at.
 async fn start_drain(api: &Api<Pod>, name: &str) -> anyhow::Result<Timestamp> {
@@ -30,9 +26,7 @@ async fn start_drain(api: &Api<Pod>, name: &str) -> anyhow::Result<Timestamp> {
 
 #[tokio::test]
 async fn killing_the_leader_mid_drain_still_deletes_on_time() -> anyhow::Result<()> {
-    let env = TestEnv::new("failover").await?;
-    let install = Install::new(&env, Options::fast()).await?;
-    let pods = app(&env, 2).await?;
+    let Scene { env, install, pods } = Scene::new("failover", Options::fast(), 2).await?;
     let api: Api<Pod> = env.api();
     let delete_at = start_drain(&api, &pods[0].name_any()).await?;
     // kill -9: no grace, no SIGTERM handling, the Lease is not released.
@@ -51,16 +45,15 @@ async fn killing_the_leader_mid_drain_still_deletes_on_time() -> anyhow::Result<
 
 #[tokio::test]
 async fn restarting_every_replica_mid_drain_loses_no_schedule() -> anyhow::Result<()> {
-    let env = TestEnv::new("restart-all").await?;
-    let install = Install::new(
-        &env,
+    let Scene { env, install, pods } = Scene::new(
+        "restart-all",
         Options {
             drain_seconds: 15,
             ..Options::fast()
         },
+        3,
     )
     .await?;
-    let pods = app(&env, 3).await?;
     let api: Api<Pod> = env.api();
     let mut deadlines = Vec::new();
     for p in &pods[..2] {
@@ -102,9 +95,12 @@ async fn restarting_every_replica_mid_drain_loses_no_schedule() -> anyhow::Resul
 #[tokio::test]
 async fn a_mangled_schedule_gets_a_warning_and_the_pod_is_deleted_at_its_sealed_time()
 -> anyhow::Result<()> {
-    let env = TestEnv::new("mangled").await?;
-    let _install = Install::new(
-        &env,
+    let Scene {
+        env,
+        install: _install,
+        pods,
+    } = Scene::new(
+        "mangled",
         Options {
             drain_seconds: 10,
             values: vec![
@@ -113,9 +109,9 @@ async fn a_mangled_schedule_gets_a_warning_and_the_pod_is_deleted_at_its_sealed_
             ],
             ..Options::fast()
         },
+        2,
     )
     .await?;
-    let pods = app(&env, 2).await?;
     let api: Api<Pod> = env.api();
     let name = pods[0].name_any();
     let sealed = start_drain(&api, &name).await?;
@@ -155,16 +151,19 @@ async fn a_mangled_schedule_gets_a_warning_and_the_pod_is_deleted_at_its_sealed_
 #[tokio::test]
 async fn a_drain_longer_than_the_budget_answers_at_the_deadline_and_deletes_on_time()
 -> anyhow::Result<()> {
-    let env = TestEnv::new("long").await?;
-    let _install = Install::new(
-        &env,
+    let Scene {
+        env,
+        install: _install,
+        pods,
+    } = Scene::new(
+        "long",
         Options {
             hold_seconds: 5,
             ..Options::fast()
         },
+        2,
     )
     .await?;
-    let pods = app(&env, 2).await?;
     let api: Api<Pod> = env.api();
     let name = pods[0].name_any();
     api.patch(
@@ -205,21 +204,20 @@ async fn a_drain_longer_than_the_budget_answers_at_the_deadline_and_deletes_on_t
 #[tokio::test]
 async fn a_held_delete_under_a_slowed_api_is_still_answered_before_the_webhook_timeout()
 -> anyhow::Result<()> {
-    let env = TestEnv::new("slowapi").await?;
     // One replica, so the review surely reaches the slowed one. Hold 20 s: the webhook's timeout
     // is 25 s, so 5 s of slow API calls counted outside the hold would let the DELETE through.
     // Drain 40 s: longer than the hold, and within reach of a second call's own hold.
-    let install = Install::new(
-        &env,
+    let Scene { env, install, pods } = Scene::new(
+        "slowapi",
         Options {
             replicas: 1,
             hold_seconds: 20,
             drain_seconds: 40,
             ..Options::fast()
         },
+        2,
     )
     .await?;
-    let pods = app(&env, 2).await?;
     let api: Api<Pod> = env.api();
     let name = pods[0].name_any();
     let (_, ip) = install.replica_with_ip().await?;

@@ -434,3 +434,29 @@ impl Drop for Install {
         }
     }
 }
+
+/// What most end-to-end tests start from: a fresh namespace, the product installed there with
+/// some options, and the demo app (Service and Deployment `web`) rolled out.
+pub struct Scene {
+    // Dropped in this order: the release first, then the test's namespace.
+    pub install: Install,
+    pub env: TestEnv,
+    /// The app's pods once it is Available.
+    pub pods: Vec<Pod>,
+}
+
+impl Scene {
+    pub async fn new(name: &str, options: Options, replicas: i32) -> Result<Scene> {
+        let env = TestEnv::new(name).await?;
+        let install = Install::new(&env, options).await?;
+        let pods = env
+            .serve_demo("web", replicas, serde_json::json!({}))
+            .await?;
+        Ok(Scene { install, env, pods })
+    }
+
+    /// The pods of the test's namespace.
+    pub fn pods_api(&self) -> kube::Api<Pod> {
+        self.env.api()
+    }
+}
