@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use pgd_harness::product::{Install, Options, PRODUCT_PODS};
+use pgd_harness::product::{Install, Options, PRODUCT_PODS, Scene};
 use pgd_harness::wait::{self, conditions};
 use pgd_harness::{TestEnv, kubectl};
 use pod_graceful_drain::core::keys;
@@ -139,9 +139,11 @@ async fn rollout_keeps_old_pods_serving_until_delete_at_without_slowing_down() -
 
 #[tokio::test]
 async fn a_persons_delete_is_held_and_exits_zero() -> anyhow::Result<()> {
-    let env = TestEnv::new("held").await?;
-    let _install = Install::new(&env, Options::fast()).await?;
-    env.serve_demo("web", 2, json!({})).await?;
+    let Scene {
+        env,
+        install: _install,
+        ..
+    } = Scene::new("held", Options::fast(), 2).await?;
     let pods: Api<Pod> = env.api();
     let victim = pods
         .list(&ListParams::default().labels("app=web"))
@@ -173,9 +175,11 @@ async fn a_persons_delete_is_held_and_exits_zero() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn scale_down_keeps_removed_pods_serving_until_delete_at() -> anyhow::Result<()> {
-    let env = TestEnv::new("scale-down").await?;
-    let _install = Install::new(&env, Options::fast()).await?;
-    env.serve_demo("web", 3, json!({})).await?;
+    let Scene {
+        env,
+        install: _install,
+        ..
+    } = Scene::new("scale-down", Options::fast(), 3).await?;
     let deployments: Api<Deployment> = env.api();
     let started = Instant::now();
     deployments
@@ -224,9 +228,7 @@ async fn scale_down_keeps_removed_pods_serving_until_delete_at() -> anyhow::Resu
 
 #[tokio::test]
 async fn a_replica_stopping_finishes_the_requests_it_holds() -> anyhow::Result<()> {
-    let env = TestEnv::new("sigterm").await?;
-    let install = Install::new(&env, Options::fast()).await?;
-    env.serve_demo("web", 2, json!({})).await?;
+    let Scene { env, install, .. } = Scene::new("sigterm", Options::fast(), 2).await?;
     let pods: Api<Pod> = env.api();
     let victim = pods
         .list(&ListParams::default().labels("app=web"))

@@ -11,7 +11,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use pgd_harness::drained::draining;
-use pgd_harness::product::{Install, Options};
+use pgd_harness::product::{Install, Options, Scene};
 use pgd_harness::wait::{self, conditions};
 use pgd_harness::{TestEnv, objects};
 use pod_graceful_drain::core::keys;
@@ -278,9 +278,11 @@ async fn a_dry_run_inside_the_eviction_changes_nothing() -> anyhow::Result<()> {
 /// and the pod is left untouched.
 #[tokio::test]
 async fn a_budget_created_just_before_an_eviction_is_honoured() -> anyhow::Result<()> {
-    let env = TestEnv::new("evict-new-pdb").await?;
-    let _install = Install::new(&env, Options::fast()).await?;
-    let pods = env.serve_demo("web", 3, json!({})).await?;
+    let Scene {
+        env,
+        install: _install,
+        pods,
+    } = Scene::new("evict-new-pdb", Options::fast(), 3).await?;
     let api: Api<Pod> = env.api();
     let victim = pods[0].name_any();
     env.api::<PodDisruptionBudget>()

@@ -6,8 +6,7 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, ResourceExt};
-use pgd_harness::TestEnv;
-use pgd_harness::product::{Install, Options};
+use pgd_harness::product::{Options, Scene};
 use pod_graceful_drain::core::keys;
 use serde_json::json;
 
@@ -18,9 +17,11 @@ fn refused_with(out: &std::process::Output, words: &str) -> bool {
 #[tokio::test]
 async fn only_pod_graceful_drain_may_mark_a_pod_draining_or_change_its_schedule()
 -> anyhow::Result<()> {
-    let env = TestEnv::new("sched-policy").await?;
-    let _install = Install::new(&env, Options::fast()).await?;
-    let pods = env.serve_demo("web", 2, json!({})).await?;
+    let Scene {
+        env,
+        install: _install,
+        pods,
+    } = Scene::new("sched-policy", Options::fast(), 2).await?;
     let api: Api<Pod> = env.api();
     let target = pods[0].name_any();
     let instance = env.namespace.clone();

@@ -17,7 +17,7 @@ use kube::runtime::conditions::is_deleted;
 use kube::{Api, ResourceExt};
 use pgd_harness::TestEnv;
 use pgd_harness::drained::event_about;
-use pgd_harness::product::{Install, Options};
+use pgd_harness::product::{Install, Options, Scene};
 use pgd_harness::wait;
 use pod_graceful_drain::core::keys;
 use pod_graceful_drain::core::notice::EventReason;
@@ -37,9 +37,11 @@ fn without_schedule_policy(drain_seconds: u64, max_seconds: u64) -> Options {
 /// Waits for an event of `reason` about `pod`, and returns its note.
 #[tokio::test]
 async fn a_forged_drain_is_not_carried_out_and_the_pod_is_judged_afresh() -> anyhow::Result<()> {
-    let env = TestEnv::new("seal-forged").await?;
-    let _install = Install::new(&env, without_schedule_policy(8, 20)).await?;
-    let pods = env.serve_demo("web", 3, json!({})).await?;
+    let Scene {
+        env,
+        install: _install,
+        pods,
+    } = Scene::new("seal-forged", without_schedule_policy(8, 20), 3).await?;
     let api: Api<Pod> = env.api();
     let instance = env.namespace.clone();
     let forger = env.patch_only_user("forger").await?;
