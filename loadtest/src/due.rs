@@ -40,6 +40,9 @@ const SELECTOR: &str = "bench=due";
 pub struct DueConfig {
     pub pods: usize,
     pub services: usize,
+    /// Give the other Services a selector (matching no pod) instead of none: their slices are
+    /// then none of a drained pod's business (a comparison, not the benchmark's setting).
+    pub selector_others: bool,
     pub nodes: usize,
     pub drain_seconds: u64,
     pub hold_seconds: u64,
@@ -190,6 +193,9 @@ pub struct ReplicaCpu {
 pub struct DueReport {
     pub pods: usize,
     pub services: usize,
+    /// The other Services had a selector (the comparison), not none.
+    #[serde(default)]
+    pub selector_others: bool,
     pub endpoint_slices: usize,
     pub fake_nodes: usize,
     pub replicas: usize,
@@ -635,7 +641,7 @@ async fn measure(
     let kwok = Kwok::start(
         &env.client,
         env.target.kubeconfig(),
-        &log_dir.join("kwok-due.log"),
+        &log_dir.join("kwok.log"),
         cfg.nodes,
     )
     .await?;
@@ -657,9 +663,13 @@ async fn drain(
     // The others: selector-less Services, each with a slice of its own listing one address
     // (kept by "someone else", as a hand-made or foreign controller's slice is).
     create_all(&env.api::<Service>(), cfg.services, "Services", |i| {
+        let mut spec = json!({"ports": [{"port": 80, "targetPort": 8080}]});
+        if cfg.selector_others {
+            spec["selector"] = json!({"app": format!("other-{i}")});
+        }
         serde_json::from_value(json!({
             "metadata": {"name": format!("other-{i}"), "labels": {"bench": "due-other"}},
-            "spec": {"ports": [{"port": 80, "targetPort": 8080}]}
+            "spec": spec
         }))
         .expect("service manifest")
     })
@@ -989,6 +999,7 @@ async fn drain(
     Ok(DueReport {
         pods: cfg.pods,
         services: cfg.services + 1,
+        selector_others: cfg.selector_others,
         endpoint_slices: cfg.services + slices.len(),
         fake_nodes: cfg.nodes,
         replicas: replica_names.len(),
@@ -1019,8 +1030,10 @@ pub fn markdown(r: &DueReport) -> String {
     let d = &r.deletes;
     let mut s = String::new();
     s.push_str(&format!(
-        "{} pods of one app (selected by a Service) on {} kwok nodes, in a namespace with {} other selector-less Services and {} EndpointSlices in all; {} replicas from chart/, drain {} s, hold {} s. {} DELETEs through the API server, {} at a time.\n\n",
-        r.pods, r.fake_nodes, r.services - 1, r.endpoint_slices, r.replicas, r.drain_seconds, r.hold_seconds, d.issued, r.concurrency
+        "{} pods of one app (selected by a Service) on {} kwok nodes, in a namespace with {} other {} Services and {} EndpointSlices in all; {} replicas from chart/, drain {} s, hold {} s. {} DELETEs through the API server, {} at a time.\n\n",
+        r.pods, r.fake_nodes, r.services - 1,
+        if r.selector_others { "(selecting no pod)" } else { "selector-less" },
+        r.endpoint_slices, r.replicas, r.drain_seconds, r.hold_seconds, d.issued, r.concurrency
     ));
     s.push_str("| deletion lateness (delete-at → seen terminating) | pods | p50 | p99 | max | min | deleted early |\n|---|---:|---:|---:|---:|---:|---:|\n");
     s.push_str(&format!(

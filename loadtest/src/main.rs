@@ -109,16 +109,22 @@ enum Command {
         /// Selector-less Services in the same namespace, each with one EndpointSlice.
         #[arg(long, default_value_t = 2_000)]
         services: usize,
+        /// Give those Services a selector matching no pod (a comparison: their slices are then
+        /// none of a drained pod's business).
+        #[arg(long)]
+        selector_others: bool,
         #[arg(long, default_value_t = 4)]
         nodes: usize,
         /// Drain length: long enough for every DELETE to be answered before the first is due.
         #[arg(long, default_value_t = 30)]
         drain_seconds: u64,
-        /// Hold budget: each DELETE is answered (403, "will be deleted on time") after this.
-        #[arg(long, default_value_t = 2)]
+        /// Hold budget: each DELETE is answered (403, "will be deleted on time") after this. It is
+        /// also the time the webhook has to isolate the pod: a DELETE not decided within it is
+        /// let through (the pod deleted at once).
+        #[arg(long, default_value_t = 10)]
         hold_seconds: u64,
         /// DELETEs in flight at once.
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 200)]
         concurrency: usize,
         /// Seconds of idle request rate before the DELETEs.
         #[arg(long, default_value_t = 20)]
@@ -313,6 +319,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Due {
             pods,
             services,
+            selector_others,
             nodes,
             drain_seconds,
             hold_seconds,
@@ -324,6 +331,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = due::DueConfig {
                 pods,
                 services,
+                selector_others,
                 nodes,
                 drain_seconds,
                 hold_seconds,
