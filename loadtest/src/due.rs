@@ -743,10 +743,15 @@ async fn drain(
         .iter()
         .filter(|n| want.contains(n.as_str()))
         .count();
+    let endpoint_slices = env
+        .api::<EndpointSlice>()
+        .list_metadata(&ListParams::default())
+        .await?
+        .items
+        .len();
     progress(&format!(
-        "Service {APP}: {ready_endpoints_before} ready endpoints in {} EndpointSlice(s); {} other slices in the namespace",
+        "Service {APP}: {ready_endpoints_before} ready endpoints in {} EndpointSlice(s); {endpoint_slices} slices in the namespace",
         slices.len(),
-        cfg.services
     ));
 
     let clock_offset_s = clock_offset(&env.client).await?;
@@ -1000,7 +1005,7 @@ async fn drain(
         pods: cfg.pods,
         services: cfg.services + 1,
         selector_others: cfg.selector_others,
-        endpoint_slices: cfg.services + slices.len(),
+        endpoint_slices,
         fake_nodes: cfg.nodes,
         replicas: replica_names.len(),
         drain_seconds: cfg.drain_seconds,
