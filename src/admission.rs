@@ -3,7 +3,7 @@
 //! re-reads the pod and decides again, so every replica may answer any request.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -155,9 +155,20 @@ impl Admission {
         // server would go ahead without us (failurePolicy Ignore) and a DELETE would take the pod
         // at once. Slow API calls shorten the hold, never extend it.
         let due = slot.due(self.policy.hold_budget);
-        let reply = match tokio::time::timeout_at(due, self.handle(incoming, origin, slot, due))
-            .await
-        {
+        let eviction = matches!(incoming, Incoming::Evict { .. });
+        // Set once a write of ours may have reached the API server.
+        let wrote = AtomicBool::new(false);
+        let handled = self.handle(incoming, origin, slot, due, &wrote);
+        let reply = match tokio::time::timeout_at(due, handled).await {
+            Err(_) if wrote.load(Ordering::SeqCst) => {
+                // The pod may be drained by now (the answer to our write was still on its way):
+                // letting the request through would delete or evict it at once.
+                tracing::warn!(
+                    uid,
+                    "no answer within the hold budget of the request's arrival (slow API?), after writing; not letting the request through"
+                );
+                unfinished(eviction, self.policy.long_drain)
+            }
             Err(_) => {
                 tracing::warn!(
                     uid,
@@ -185,6 +196,7 @@ impl Admission {
         origin: Origin,
         slot: Slot,
         due: tokio::time::Instant,
+        wrote: &AtomicBool,
     ) -> Result<Reply, AdmissionError> {
         let (caller, operation, hint, eviction_has_options) = match incoming {
             Incoming::Delete {
@@ -229,7 +241,9 @@ impl Admission {
         }
         drop(hint);
         let mut notice = None;
-        let settled = self.settle(&request, caller, &mut pod, &mut notice).await;
+        let settled = self
+            .settle(&request, caller, &mut pod, &mut notice, wrote)
+            .await;
         // One request, at most one event, sent in the background: the answer does not wait.
         if let Some(n) = notice {
             self.events.publish_in_background(&pod, n);
@@ -251,12 +265,16 @@ impl Admission {
         caller: &review::Caller,
         pod: &mut Pod,
         notice: &mut Option<Notice>,
+        wrote: &AtomicBool,
     ) -> Result<Finish, AdmissionError> {
         // Once this request has recorded a disruption in a budget it must not end in "allow" with
         // the pod not isolated: the real eviction would then spend the budget a second time.
         let mut recorded = false;
         for _ in 0..ATTEMPTS {
-            let step = match self.attempt(request, pod, &mut recorded, notice).await {
+            let step = match self
+                .attempt(request, pod, &mut recorded, notice, wrote)
+                .await
+            {
                 Err(e) if recorded => {
                     tracing::warn!(error = %e, pod = %caller.name, "isolating after recording the disruption failed; asking the caller to retry");
                     return Ok(Finish::Now(too_many()));
@@ -304,6 +322,7 @@ impl Admission {
         pod: &Pod,
         recorded: &mut bool,
         notice: &mut Option<Notice>,
+        wrote: &AtomicBool,
     ) -> Result<Step, AdmissionError> {
         *notice = None;
         let now = self.clock.now();
@@ -354,13 +373,15 @@ impl Admission {
                     pod,
                     keys: &keys,
                     now,
+                    wrote,
                 };
                 if let Some(budget) = spend_budget {
                     match self.spend(&act, &budget).await? {
                         Spent::Recorded => *recorded = true,
                         Spent::Gone => {}
-                        // Someone spent it first: leave it to the eviction handler to refuse.
-                        Spent::Refused(_) => return Ok(Step::Pass),
+                        // Someone spent it first, maybe a replica draining this very pod: read
+                        // the pod again (drained: the same answer; else the budget refuses).
+                        Spent::Refused(_) => return Ok(Step::Reread),
                     }
                 }
                 if let Some(plan) = isolate {
@@ -411,6 +432,7 @@ impl Admission {
     async fn spend(&self, act: &Act<'_>, budget: &str) -> Result<Spent, AdmissionError> {
         let api: Api<PodDisruptionBudget> =
             Api::namespaced(self.view.client().clone(), &act.namespace());
+        act.wrote.store(true, Ordering::SeqCst);
         Ok(budget_writes::record_disruption(&api, budget, &act.pod.name_any(), act.now).await?)
     }
 
@@ -430,6 +452,7 @@ impl Admission {
         let sealed = act
             .keys
             .seal(&version.uid, &self.instance, &plan.schedule, act.now);
+        act.wrote.store(true, Ordering::SeqCst);
         let outcome =
             pod_writes::isolate(&api, &name, &version, plan, &self.instance, &sealed).await?;
         if outcome == Outcome::Done {
@@ -515,6 +538,8 @@ struct Act<'a> {
     pod: &'a Pod,
     keys: &'a KeySet,
     now: Timestamp,
+    /// Set before each write: past it, the request must not be let through on a timeout.
+    wrote: &'a AtomicBool,
 }
 
 impl Act<'_> {
@@ -563,6 +588,24 @@ fn pass_notice(
             "Eviction left to the API server: the PodDisruptionBudget allows no disruption now",
         )),
         _ => None,
+    }
+}
+
+/// The answer when time ran out after a write of ours may have landed: an eviction is asked to
+/// come again (drainers retry 429), a DELETE is refused unless the operator chose to let long
+/// drains through. Either way the next request finds the pod as it now is.
+fn unfinished(eviction: bool, long_drain: LongDrain) -> Reply {
+    let message = "pod-graceful-drain could not finish in time: the pod may be draining (then it is deleted at its delete-at, see its annotations) or untouched; try again";
+    match (eviction, long_drain) {
+        (true, _) => Reply::Deny {
+            code: 429,
+            message: message.into(),
+        },
+        (false, LongDrain::Deny) => Reply::Deny {
+            code: 403,
+            message: message.into(),
+        },
+        (false, LongDrain::Allow) => Reply::Allow,
     }
 }
 

@@ -10,14 +10,18 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::Request;
+use futures::StreamExt as _;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt};
 use pgd_harness::drained::{delete_at, draining};
 use pgd_harness::wait::{self, conditions};
-use pgd_harness::{TestEnv, objects};
+use pgd_harness::{Target, TestEnv, objects};
 use pod_graceful_drain::admission::{Admission, MAX_HELD};
 use pod_graceful_drain::core::decision::{LongDrain, Policy};
 use pod_graceful_drain::core::keys;
@@ -48,7 +52,7 @@ fn admission(client: Client, instance: &str) -> Admission {
                 min: Duration::from_secs(1),
                 max: Duration::from_secs(120),
             },
-            hold_budget: Duration::from_secs(2),
+            hold_budget: Duration::from_secs(10),
             long_drain: LongDrain::Deny,
         },
         held: Arc::new(tokio::sync::Semaphore::new(MAX_HELD)),
@@ -157,6 +161,27 @@ async fn concurrent_evictions_of_one_pod_spend_its_budget_once_and_agree() -> an
     let pods = app_with_budget(&env).await?;
     let router = webhook(env.client.clone(), &env.namespace).await;
     let pod = &pods[0];
+    // Every status the budget goes through, from before the race (the disruption controller
+    // drops the entry once the isolated pod leaves the budget's selector, so the end state alone
+    // says nothing).
+    let budgets: Api<PodDisruptionBudget> = env.api();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let seen = tokio::spawn(
+        watcher(
+            budgets.clone(),
+            watcher::Config::default().fields("metadata.name=web"),
+        )
+        .applied_objects()
+        .filter_map(|b| async move { b.ok()?.status })
+        .map(|s| {
+            (
+                s.disruptions_allowed,
+                s.disrupted_pods.unwrap_or_default().len(),
+            )
+        })
+        .take_until(stopped)
+        .collect::<Vec<_>>(),
+    );
     // Eight replicas answering eight drainers at once: their writes conflict, the losers re-read
     // the pod and find it drained.
     let reviews: Vec<Value> = (0..8)
@@ -173,114 +198,134 @@ async fn concurrent_evictions_of_one_pod_spend_its_budget_once_and_agree() -> an
     let stored: Pod = env.api().get(&pod.name_any()).await?;
     assert!(draining(&stored), "the pod is not isolated");
     delete_at(&stored)?;
-    let budget: PodDisruptionBudget = env.api().get("web").await?;
-    let status = budget.status.unwrap_or_default();
-    assert_eq!(
-        status.disrupted_pods.unwrap_or_default().len(),
-        1,
-        "one pod, one disruption recorded"
+    // The disruption controller counts the isolated pod out: the budget is whole again.
+    wait::until(
+        &budgets,
+        "web",
+        "the budget to count the isolated pod out",
+        Duration::from_secs(30),
+        |b: Option<&PodDisruptionBudget>| {
+            b.and_then(|b| b.status.as_ref())
+                .is_some_and(|s| s.disrupted_pods.as_ref().is_none_or(|d| d.is_empty()))
+        },
+    )
+    .await?;
+    let _ = stop.send(());
+    check_spent_once(&seen.await?)
+}
+
+/// Over the statuses a budget went through: one disruption recorded at most at any time, and
+/// never more taken than it allowed.
+fn check_spent_once(seen: &[(i32, usize)]) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        seen.iter()
+            .all(|&(allowed, disrupted)| allowed >= 0 && disrupted <= 1),
+        "the budget was spent more than once: {seen:?}"
     );
-    assert_eq!(status.disruptions_allowed, 0, "the budget was spent once");
     Ok(())
+}
+
+fn admission_api(client: Client, kind: &str, plural: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind);
+    Api::all_with(client, &ApiResource::from_gvk_with_plural(&gvk, plural))
 }
 
 /// Refuses, in the test's namespace, any write that puts the draining label on a pod: what a
 /// policy of the cluster's own (or a broken API) does to the isolating patch.
-async fn refuse_isolation(client: &Client, ns: &str) -> anyhow::Result<PolicyGuard> {
-    let name = format!("pgd-test-refuse-{ns}");
-    let policies: Api<kube::api::DynamicObject> = Api::all_with(
-        client.clone(),
-        &kube::discovery::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk(
-                "admissionregistration.k8s.io",
-                "v1",
-                "ValidatingAdmissionPolicy",
-            ),
-            "validatingadmissionpolicies",
-        ),
-    );
-    let bindings: Api<kube::api::DynamicObject> = Api::all_with(
-        client.clone(),
-        &kube::discovery::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk(
-                "admissionregistration.k8s.io",
-                "v1",
-                "ValidatingAdmissionPolicyBinding",
-            ),
-            "validatingadmissionpolicybindings",
-        ),
-    );
+async fn refuse_isolation(env: &TestEnv) -> anyhow::Result<PolicyGuard> {
+    let name = format!("pgd-test-refuse-{}", env.namespace);
     let label = keys::DRAINING_LABEL;
-    policies
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "admissionregistration.k8s.io/v1",
-                "kind": "ValidatingAdmissionPolicy",
-                "metadata": {"name": name},
-                "spec": {
-                    "failurePolicy": "Fail",
-                    "matchConstraints": {"resourceRules": [{
-                        "apiGroups": [""], "apiVersions": ["v1"],
-                        "operations": ["UPDATE"], "resources": ["pods"]}]},
-                    "validations": [{
-                        "expression": format!("!has(object.metadata.labels) || !('{label}' in object.metadata.labels)"),
-                        "message": "this test refuses drains"}]
-                }
-            }))?,
-        )
-        .await?;
     let guard = PolicyGuard {
-        policies,
-        bindings: bindings.clone(),
+        target: env.target,
         name: name.clone(),
     };
-    bindings
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "admissionregistration.k8s.io/v1",
-                "kind": "ValidatingAdmissionPolicyBinding",
-                "metadata": {"name": name},
-                "spec": {
-                    "policyName": name,
-                    "validationActions": ["Deny"],
-                    "matchResources": {"namespaceSelector": {"matchLabels": {
-                        "kubernetes.io/metadata.name": ns}}}
-                }
-            }))?,
-        )
-        .await?;
+    admission_api(
+        env.client.clone(),
+        "ValidatingAdmissionPolicy",
+        "validatingadmissionpolicies",
+    )
+    .create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [{
+                    "apiGroups": [""], "apiVersions": ["v1"],
+                    "operations": ["UPDATE"], "resources": ["pods"]}]},
+                "validations": [{
+                    "expression": format!("!has(object.metadata.labels) || !('{label}' in object.metadata.labels)"),
+                    "message": "this test refuses drains"}]
+            }
+        }))?,
+    )
+    .await?;
+    admission_api(
+        env.client.clone(),
+        "ValidatingAdmissionPolicyBinding",
+        "validatingadmissionpolicybindings",
+    )
+    .create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": name},
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": {"namespaceSelector": {"matchLabels": {
+                    "kubernetes.io/metadata.name": env.namespace}}}
+            }
+        }))?,
+    )
+    .await?;
     Ok(guard)
 }
 
-/// Deletes the cluster-wide policy and binding when the test ends, pass or fail.
+/// Deletes the cluster-wide policy and binding when the test ends, pass or fail: from a thread
+/// and a runtime of its own (the test's may be unwinding), with a client of its own.
 struct PolicyGuard {
-    policies: Api<kube::api::DynamicObject>,
-    bindings: Api<kube::api::DynamicObject>,
+    target: &'static Target,
     name: String,
 }
 
 impl Drop for PolicyGuard {
     fn drop(&mut self) {
-        let (policies, bindings, name) = (
-            self.policies.clone(),
-            self.bindings.clone(),
-            self.name.clone(),
-        );
-        // The test's runtime is ending: delete from a thread of its own.
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
+        let (target, name) = (self.target, self.name.clone());
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .build()
-                .map(|rt| {
-                    rt.block_on(async {
-                        let _ = bindings.delete(&name, &DeleteParams::default()).await;
-                        let _ = policies.delete(&name, &DeleteParams::default()).await;
-                    })
-                })
+                .build()?;
+            rt.block_on(async move {
+                let client = target.client().await?;
+                let dp = DeleteParams::default();
+                admission_api(
+                    client.clone(),
+                    "ValidatingAdmissionPolicyBinding",
+                    "validatingadmissionpolicybindings",
+                )
+                .delete(&name, &dp)
+                .await?;
+                admission_api(
+                    client,
+                    "ValidatingAdmissionPolicy",
+                    "validatingadmissionpolicies",
+                )
+                .delete(&name, &dp)
+                .await?;
+                anyhow::Ok(())
+            })
         })
         .join();
+        if let Ok(Err(e)) = done {
+            eprintln!(
+                "could not delete the test's admission policy {}: {e}",
+                self.name
+            );
+        }
     }
 }
 
@@ -289,7 +334,7 @@ async fn once_a_disruption_is_recorded_a_failed_isolation_answers_429_never_allo
 -> anyhow::Result<()> {
     let env = TestEnv::new("api-evict-429").await?;
     let pods = app_with_budget(&env).await?;
-    let _policy = refuse_isolation(&env.client, &env.namespace).await?;
+    let _policy = refuse_isolation(&env).await?;
     // The policy is enforced once the API server has loaded it: probe with a label of ours on a
     // pod until that is refused.
     let api: Api<Pod> = env.api();
@@ -395,5 +440,96 @@ async fn an_api_that_cannot_be_reached_fails_open_and_only_selected_pods_are_wri
         "a controller's DELETE is denied: {a}"
     );
     assert!(draining(&api.get(&served.name_any()).await?));
+    Ok(())
+}
+
+/// Answers to the client's PATCH requests come back `delay` late: the write is applied by the
+/// API server at once, its answer is slow (an API server under load).
+#[derive(Clone)]
+struct SlowPatchAnswers(Duration);
+
+impl<S> tower::Layer<S> for SlowPatchAnswers {
+    type Service = SlowPatchAnswer<S>;
+    fn layer(&self, inner: S) -> SlowPatchAnswer<S> {
+        SlowPatchAnswer {
+            inner,
+            delay: self.0,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct SlowPatchAnswer<S> {
+    inner: S,
+    delay: Duration,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for SlowPatchAnswer<S>
+where
+    S: tower::Service<axum::http::Request<B>>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        let slow = request.method() == axum::http::Method::PATCH;
+        let delay = self.delay;
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answer = answer.await;
+            if slow {
+                tokio::time::sleep(delay).await;
+            }
+            answer
+        })
+    }
+}
+
+/// The hold budget runs out while the isolating patch's answer is on its way: the pod is taken
+/// out of its Services and scheduled, so letting the DELETE through would delete it at once,
+/// before its delete-at.
+#[tokio::test]
+async fn a_delete_whose_isolation_outlasts_the_hold_budget_is_not_let_through() -> anyhow::Result<()>
+{
+    let env = TestEnv::new("api-slow-patch").await?;
+    let pods = env.serve_demo("web", 1, json!({})).await?;
+    let pod = &pods[0];
+    let config = env.target.config().await?;
+    let slow = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&SlowPatchAnswers(Duration::from_secs(3)))
+        .build();
+    let mut admission = admission(slow, &env.namespace);
+    admission.policy.hold_budget = Duration::from_secs(1);
+    admission.view.ready().await;
+    let router = server::webhook_router(Arc::new(admission));
+    let a = answer(&router, &delete("person-delete", pod, "jane@example.com")).await?;
+    let api: Api<Pod> = env.api();
+    let stored = wait::until(
+        &api,
+        &pod.name_any(),
+        "the isolating patch to be applied",
+        Duration::from_secs(10),
+        |p: Option<&Pod>| p.is_some_and(draining),
+    )
+    .await?
+    .expect("pod");
+    let at = delete_at(&stored)?;
+    assert!(at > Timestamp::now(), "delete-at {at} is in the past");
+    assert_eq!(
+        a["allowed"],
+        json!(false),
+        "the DELETE of a pod being drained (delete-at {at}) was let through: {a}"
+    );
     Ok(())
 }

@@ -52,6 +52,11 @@ impl Target {
 
     /// A client for the cluster, made on (and usable from) the calling thread's runtime.
     pub async fn client(&self) -> Result<Client> {
+        Ok(Client::try_from(self.config().await?)?)
+    }
+
+    /// The configuration [`Target::client`] uses, for a client with layers of its own.
+    pub async fn config(&self) -> Result<Config> {
         self.enter_network()?;
         let path = self.kubeconfig();
         let kubeconfig = Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
@@ -67,7 +72,7 @@ impl Target {
         // Tests must see the server's answers as they are: kube retries 429/503/504 by default,
         // which turns an eviction refused by a PodDisruptionBudget into minutes of backoff.
         config.default_retry = false;
-        Ok(Client::try_from(config)?)
+        Ok(config)
     }
 }
 
