@@ -155,7 +155,7 @@ impl Admission {
         // server would go ahead without us (failurePolicy Ignore) and a DELETE would take the pod
         // at once. Slow API calls shorten the hold, never extend it.
         let due = slot.due(self.policy.hold_budget);
-        let eviction = matches!(incoming, Incoming::Evict { .. });
+        let unfinished = unfinished(&incoming, self.policy.long_drain);
         // Set once a write of ours may have reached the API server.
         let wrote = AtomicBool::new(false);
         let handled = self.handle(incoming, origin, slot, due, &wrote);
@@ -167,7 +167,7 @@ impl Admission {
                     uid,
                     "no answer within the hold budget of the request's arrival (slow API?), after writing; not letting the request through"
                 );
-                unfinished(eviction, self.policy.long_drain)
+                unfinished
             }
             Err(_) => {
                 tracing::warn!(
@@ -594,18 +594,18 @@ fn pass_notice(
 /// The answer when time ran out after a write of ours may have landed: an eviction is asked to
 /// come again (drainers retry 429), a DELETE is refused unless the operator chose to let long
 /// drains through. Either way the next request finds the pod as it now is.
-fn unfinished(eviction: bool, long_drain: LongDrain) -> Reply {
+fn unfinished(incoming: &Incoming, long_drain: LongDrain) -> Reply {
     let message = "pod-graceful-drain could not finish in time: the pod may be draining (then it is deleted at its delete-at, see its annotations) or untouched; try again";
-    match (eviction, long_drain) {
-        (true, _) => Reply::Deny {
+    match (incoming, long_drain) {
+        (Incoming::Evict { .. }, _) => Reply::Deny {
             code: 429,
             message: message.into(),
         },
-        (false, LongDrain::Deny) => Reply::Deny {
+        (Incoming::Delete { .. }, LongDrain::Deny) => Reply::Deny {
             code: 403,
             message: message.into(),
         },
-        (false, LongDrain::Allow) => Reply::Allow,
+        (Incoming::Delete { .. }, LongDrain::Allow) => Reply::Allow,
     }
 }
 
