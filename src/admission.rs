@@ -23,13 +23,14 @@ use crate::core::notice::{self, EventReason, Notice};
 use crate::core::pod_state::PodState;
 use crate::core::review::{self, BadReview, Incoming, Reply};
 use crate::core::seal::{self, KeySet, Mark, Unsealed};
-use crate::k8s::Outcome;
 use crate::k8s::budget_writes::{self, Spent};
 use crate::k8s::clock::Clock;
 use crate::k8s::cluster_view::{ClusterView, NamespaceFacts};
 use crate::k8s::events::Events;
 use crate::k8s::pod_writes::{self, Version};
 use crate::k8s::seal_keys::SealKeys;
+use crate::k8s::{self, Outcome};
+use crate::metrics::{AnswerLabel, Component, Metrics, OperationLabel};
 use crate::tls::client_auth::Caller;
 
 /// How many times a request re-reads and re-decides after a conflicting write.
@@ -51,6 +52,7 @@ pub struct Admission {
     pub keys: SealKeys,
     /// The API server's time, as this replica measures it.
     pub clock: Clock,
+    pub metrics: Metrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,10 +129,17 @@ impl Admission {
         let parsed = review::parse(&body);
         // Nothing of the body outlives the parse (a held request must not keep it).
         drop(body);
+        let arrived = slot.arrived();
         let incoming = match parsed {
             Ok(i) => i,
             Err(e) => {
                 tracing::warn!(error = %e, "bad admission request");
+                self.metrics.answered(
+                    OperationLabel::Unknown,
+                    AnswerLabel::BadRequest,
+                    "bad_review",
+                    arrived.elapsed(),
+                );
                 return HttpAnswer {
                     status: e.status(),
                     body: e.to_string().into_bytes(),
@@ -156,10 +165,14 @@ impl Admission {
         // at once. Slow API calls shorten the hold, never extend it.
         let due = slot.due(self.policy.hold_budget);
         let unfinished = unfinished(&incoming, self.policy.long_drain);
+        let operation = match &incoming {
+            Incoming::Delete { .. } => OperationLabel::Delete,
+            Incoming::Evict { .. } => OperationLabel::Evict,
+        };
         // Set once a write of ours may have reached the API server.
         let wrote = AtomicBool::new(false);
         let handled = self.handle(incoming, origin, slot, due, &wrote);
-        let reply = match tokio::time::timeout_at(due, handled).await {
+        let (reply, why) = match tokio::time::timeout_at(due, handled).await {
             Err(_) if wrote.load(Ordering::SeqCst) => {
                 // The pod may be drained by now (the answer to our write was still on its way):
                 // letting the request through would delete or evict it at once.
@@ -167,23 +180,33 @@ impl Admission {
                     uid,
                     "no answer within the hold budget of the request's arrival (slow API?), after writing; not letting the request through"
                 );
-                unfinished
+                (unfinished, Why::OutOfTime)
             }
             Err(_) => {
                 tracing::warn!(
                     uid,
                     "no answer within the hold budget of the request's arrival (slow API?); letting the request through"
                 );
-                Reply::Allow
+                (Reply::Allow, Why::OutOfTime)
             }
-            Ok(Ok(reply)) => reply,
+            Ok(Ok(answered)) => answered,
             Ok(Err(e)) => {
                 // The webhook is failurePolicy Ignore: an error lets the request through, which
                 // is also what we answer, so a broken API connection never blocks deletions.
                 tracing::error!(error = %e, uid, "could not process; letting the request through");
-                Reply::Allow
+                if let AdmissionError::Api(api) = &e {
+                    self.metrics
+                        .api_error(Component::Admission, k8s::error_kind(api));
+                }
+                (Reply::Allow, Why::Failed)
             }
         };
+        self.metrics.answered(
+            operation,
+            answer_label(&reply),
+            why.as_str(),
+            arrived.elapsed(),
+        );
         HttpAnswer {
             status: 200,
             body: review::respond(&uid, &reply),
@@ -197,7 +220,7 @@ impl Admission {
         slot: Slot,
         due: tokio::time::Instant,
         wrote: &AtomicBool,
-    ) -> Result<Reply, AdmissionError> {
+    ) -> Result<(Reply, Why), AdmissionError> {
         let (caller, operation, hint, eviction_has_options) = match incoming {
             Incoming::Delete {
                 caller,
@@ -219,25 +242,25 @@ impl Admission {
             traceparent: crate::telemetry::current_traceparent(),
         };
         if request.dry_run {
-            return Ok(Reply::Allow);
+            return Ok((Reply::Allow, Why::Pass(PassReason::DryRun)));
         }
         // The DELETE's oldObject is only a hint of whether the pod may need us: anyone able to
         // reach the port could have written it. The decision is made on the pod as stored.
         if let Some(hint) = &hint
             && self.glance(hint).0 == Reads::Nothing
         {
-            return Ok(Reply::Allow);
+            return Ok((Reply::Allow, Why::Pass(PassReason::NotExposed)));
         }
         let Some(mut pod) = self.view.pod(&caller.namespace, &caller.name).await? else {
             // Gone already (the API server answers 404 itself).
-            return Ok(Reply::Allow);
+            return Ok((Reply::Allow, Why::Gone));
         };
         if let Some(hint) = &hint
             && hint.metadata.uid.is_some()
             && hint.metadata.uid != pod.metadata.uid
         {
             tracing::warn!(pod = %caller.name, "the review's oldObject is not the stored pod; letting the request through");
-            return Ok(Reply::Allow);
+            return Ok((Reply::Allow, Why::NotTheStoredPod));
         }
         drop(hint);
         let mut notice = None;
@@ -246,6 +269,7 @@ impl Admission {
             .await;
         // One request, at most one event, sent in the background: the answer does not wait.
         if let Some(n) = notice {
+            self.metrics.event(n.reason);
             self.events.publish_in_background(&pod, n);
         }
         drop(pod);
@@ -253,7 +277,7 @@ impl Admission {
             Finish::Answer(answer, delete_at) => Ok(self
                 .finish(answer, delete_at, eviction_has_options, slot, due)
                 .await),
-            Finish::Now(reply) => Ok(reply),
+            Finish::Now(reply, why) => Ok((reply, why)),
         }
     }
 
@@ -277,7 +301,7 @@ impl Admission {
             {
                 Err(e) if recorded => {
                     tracing::warn!(error = %e, pod = %caller.name, "isolating after recording the disruption failed; asking the caller to retry");
-                    return Ok(Finish::Now(too_many()));
+                    return Ok(Finish::Now(too_many(), Why::CutShort));
                 }
                 other => other?,
             };
@@ -285,17 +309,17 @@ impl Admission {
                 Step::Answer(answer, delete_at) => return Ok(Finish::Answer(answer, delete_at)),
                 Step::Reread => match self.view.pod(&caller.namespace, &caller.name).await? {
                     Some(p) => *pod = p,
-                    None => return Ok(Finish::Now(Reply::Allow)),
+                    None => return Ok(Finish::Now(Reply::Allow, Why::Gone)),
                 },
-                Step::Pass => return Ok(Finish::Now(Reply::Allow)),
+                Step::Pass(why) => return Ok(Finish::Now(Reply::Allow, why)),
             }
         }
         if recorded {
             tracing::warn!(pod = %caller.name, "pod kept changing under us after recording the disruption; asking the caller to retry");
-            return Ok(Finish::Now(too_many()));
+            return Ok(Finish::Now(too_many(), Why::KeptChanging));
         }
         tracing::warn!(pod = %caller.name, "pod kept changing under us; letting the request through");
-        Ok(Finish::Now(Reply::Allow))
+        Ok(Finish::Now(Reply::Allow, Why::KeptChanging))
     }
 
     /// What the pod could need of us, from the pod alone and the Service cache (no API call):
@@ -350,7 +374,7 @@ impl Admission {
                 if !matches!(reason, PassReason::DryRun | PassReason::NotExposed) {
                     tracing::debug!(pod = %view.name, ?reason, "passing through");
                 }
-                Ok(Step::Pass)
+                Ok(Step::Pass(Why::Pass(reason)))
             }
             Decision::Drain {
                 isolate,
@@ -391,7 +415,7 @@ impl Admission {
                             *notice =
                                 Some(notice::draining(&plan.remove, delete_at, &by, &warnings));
                         }
-                        Outcome::Gone => return Ok(Step::Pass),
+                        Outcome::Gone => return Ok(Step::Pass(Why::Gone)),
                         Outcome::Conflict => return Ok(Step::Reread),
                     }
                 }
@@ -471,18 +495,18 @@ impl Admission {
         has_options: bool,
         slot: Slot,
         due: tokio::time::Instant,
-    ) -> Reply {
+    ) -> (Reply, Why) {
         let held = matches!(
             answer,
             Answer::HoldThenAllow { .. } | Answer::HoldThenDeny { .. }
         );
         let _permit = if held {
             match self.held.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
+                Ok(p) => Some((p, self.metrics.holding())),
                 Err(_) => {
                     let n = self.held_over_cap.fetch_add(1, Ordering::Relaxed) + 1;
                     tracing::warn!(total = n, %delete_at, "too many held requests; answering at once");
-                    return match (answer, self.policy.long_drain) {
+                    let reply = match (answer, self.policy.long_drain) {
                         (Answer::HoldThenDeny { message, .. }, _) => {
                             Reply::Deny { code: 403, message }
                         }
@@ -494,6 +518,7 @@ impl Admission {
                             ),
                         },
                     };
+                    return (reply, Why::HeldOverCap);
                 }
             }
         } else {
@@ -501,7 +526,7 @@ impl Admission {
         };
         // A held answer is counted by the held cap, not the cap on requests being worked on.
         slot.release();
-        match answer {
+        let reply = match answer {
             Answer::Deny(message) => Reply::Deny { code: 403, message },
             Answer::Allow => Reply::Allow,
             Answer::EvictAsDryRun => Reply::EvictionDryRun {
@@ -509,7 +534,7 @@ impl Admission {
             },
             Answer::HoldThenAllow { until } => {
                 if hold_until(until, self.clock.now(), due).await {
-                    return Reply::Allow;
+                    return (Reply::Allow, Why::Drain);
                 }
                 // The API was slow: the hold ran into the request's own deadline first.
                 tracing::info!(%delete_at, "held request answered at the deadline of its arrival");
@@ -528,7 +553,56 @@ impl Admission {
                 tracing::info!(%delete_at, "held request answered at its deadline");
                 Reply::Deny { code: 403, message }
             }
+        };
+        (reply, Why::Drain)
+    }
+}
+
+/// Why a request got its answer: the `reason` label of the admission metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// The decision passed it.
+    Pass(PassReason),
+    /// The pod drains (or was drained): the drain's answer.
+    Drain,
+    /// The pod was gone when read.
+    Gone,
+    /// The review's `oldObject` was not the pod the API server stores.
+    NotTheStoredPod,
+    /// The pod changed under every attempt.
+    KeptChanging,
+    /// Isolating failed after the budget was spent: the caller is asked to retry.
+    CutShort,
+    /// No answer within the hold budget of the request's arrival.
+    OutOfTime,
+    /// More held answers than the cap: answered at once.
+    HeldOverCap,
+    /// An API error (the request is let through).
+    Failed,
+}
+
+impl Why {
+    fn as_str(self) -> &'static str {
+        match self {
+            Why::Pass(reason) => reason.as_str(),
+            Why::Drain => "drain",
+            Why::Gone => "gone",
+            Why::NotTheStoredPod => "not_the_stored_pod",
+            Why::KeptChanging => "kept_changing",
+            Why::CutShort => "cut_short",
+            Why::OutOfTime => "out_of_time",
+            Why::HeldOverCap => "held_over_cap",
+            Why::Failed => "api_error",
         }
+    }
+}
+
+fn answer_label(reply: &Reply) -> AnswerLabel {
+    match reply {
+        Reply::Allow => AnswerLabel::Allow,
+        Reply::Deny { code: 429, .. } => AnswerLabel::TooManyRequests,
+        Reply::Deny { .. } => AnswerLabel::Deny,
+        Reply::EvictionDryRun { .. } => AnswerLabel::EvictionDryRun,
     }
 }
 
@@ -612,7 +686,7 @@ fn unfinished(incoming: &Incoming, long_drain: LongDrain) -> Reply {
 /// How a request ends once its attempts are over.
 enum Finish {
     Answer(Answer, Timestamp),
-    Now(Reply),
+    Now(Reply, Why),
 }
 
 /// The answer the eviction handler gives when a budget write conflicts: the caller retries (and
@@ -629,7 +703,7 @@ fn too_many() -> Reply {
 enum Step {
     Answer(Answer, Timestamp),
     Reread,
-    Pass,
+    Pass(Why),
 }
 
 /// Holds until `until` or the request's `due` instant, whichever is first; whether `until` was

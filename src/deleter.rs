@@ -6,8 +6,8 @@
 //! every API call with a timeout. Nothing is kept but what the annotations say (and which
 //! warnings were already given), so a new leader carries on where the last stopped.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -19,13 +19,13 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use tokio::sync::watch;
+use tokio::sync::{OnceCell, watch};
 
 use crate::core::decision::Policy;
 use crate::core::deletion::{self, Step, Withheld};
 use crate::core::keys::{DRAINING_LABEL, OPT_OUT};
 use crate::core::notice::{self, EventReason, Notice};
-use crate::core::schedule::Schedule;
+use crate::core::schedule::{Reason, Schedule};
 use crate::core::seal::{self, KeySet, Mark, Unsealed};
 use crate::k8s::Outcome;
 use crate::k8s::clock::Clock;
@@ -34,6 +34,7 @@ use crate::k8s::events::Events;
 use crate::k8s::pod_writes::{self, Version};
 use crate::k8s::seal_keys::SealKeys;
 use crate::leader::Leadership;
+use crate::metrics::{Component, DrainCounts, Metrics};
 
 /// How often due pods are looked for: deletes happen within this of their delete-at.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -49,6 +50,16 @@ pub enum DeleterError {
     Api(#[from] kube::Error),
     #[error("an API call took longer than {CALL_TIMEOUT:?}")]
     Timeout,
+}
+
+impl DeleterError {
+    /// The metrics' `kind` label.
+    fn kind(&self) -> &'static str {
+        match self {
+            DeleterError::Api(e) => crate::k8s::error_kind(e),
+            DeleterError::Timeout => "timeout",
+        }
+    }
 }
 
 /// An API call, bounded in time.
@@ -75,6 +86,7 @@ pub struct Deleter {
     pub view: ClusterView,
     /// "Due yet?" is judged by the earliest the API server's time can be: never early.
     pub clock: Clock,
+    pub metrics: Metrics,
 }
 
 /// Warnings given once per pod (by uid) and kind, for as long as the pod is watched.
@@ -125,6 +137,7 @@ impl Deleter {
                 _ = shutdown.changed() => return,
             }
             if !self.leadership.is_leading() || store.wait_until_ready().await.is_err() {
+                self.metrics.drains_seen(None);
                 continue;
             }
             let Some(keys) = self.keys.get() else {
@@ -143,6 +156,8 @@ impl Deleter {
         let now = self.clock.earliest();
         let pods = store.state();
         announced.keep_only(&pods.iter().filter_map(|m| m.uid()).collect());
+        self.metrics
+            .drains_seen(Some(&self.count(keys, &pods, now)));
         // From the cache: only pods with something to do now are re-read.
         let todo: Vec<_> = pods
             .iter()
@@ -175,15 +190,64 @@ impl Deleter {
                     _ => true,
                 }
             })
-            .filter_map(|meta| Some((meta.namespace()?, meta.name_any())))
+            .filter_map(|meta| {
+                Some((
+                    meta.namespace()?,
+                    meta.name_any(),
+                    self.owners_of(keys, meta, now),
+                ))
+            })
             .collect();
+        // One read of EndpointSlices per namespace and pass, whatever the number of due pods.
+        let mut slices = PassSlices::default();
+        for (ns, _, owners) in &todo {
+            slices.want(ns, owners);
+        }
+        let slices = &slices;
         futures::stream::iter(todo)
-            .for_each_concurrent(CONCURRENCY, |(ns, name)| async move {
-                if let Err(e) = self.handle(&ns, &name, keys, announced).await {
+            .for_each_concurrent(CONCURRENCY, |(ns, name, _)| async move {
+                if let Err(e) = self.handle(&ns, &name, keys, announced, slices).await {
+                    self.metrics.api_error(Component::Deleter, e.kind());
                     tracing::warn!(pod = %name, namespace = %ns, error = %e, "deferred delete failed; retrying");
                 }
             })
             .await;
+    }
+
+    /// The drains of this installation in the cache, for the metrics.
+    fn count(
+        &self,
+        keys: &KeySet,
+        pods: &[Arc<PartialObjectMeta<Pod>>],
+        now: Timestamp,
+    ) -> DrainCounts {
+        let mut counts = DrainCounts::default();
+        for meta in pods {
+            let Mark::Sealed(schedule) = self.mark(
+                keys,
+                meta.uid().as_deref(),
+                meta.labels(),
+                meta.annotations(),
+                now,
+            ) else {
+                continue;
+            };
+            match schedule.reason {
+                Reason::Delete => counts.delete += 1,
+                Reason::Eviction => counts.eviction += 1,
+            }
+            let overdue_from = schedule.due_at(self.policy.bounds) + self.endpoint_wait_max;
+            if now > overdue_from {
+                counts.overdue += 1;
+            }
+        }
+        counts
+    }
+
+    /// Publishes an event on the pod, counted.
+    async fn tell(&self, pod: &Pod, notice: Notice) {
+        self.metrics.event(notice.reason);
+        self.events.publish(pod, notice).await;
     }
 
     fn mark(
@@ -208,13 +272,14 @@ impl Deleter {
         mark
     }
 
-    #[tracing::instrument(name = "deferred_delete", skip(self, keys, announced))]
+    #[tracing::instrument(name = "deferred_delete", skip(self, keys, announced, slices))]
     async fn handle(
         &self,
         ns: &str,
         name: &str,
         keys: &KeySet,
         announced: &Announced,
+        slices: &PassSlices,
     ) -> Result<(), DeleterError> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         // Re-read before acting: the cache may be behind, another leader may have acted.
@@ -243,14 +308,13 @@ impl Deleter {
                     let Mark::Sealed(s) = &mark else {
                         return Ok(());
                     };
-                    facts.still_listed = Some(self.still_ready_in_endpoints(ns, &pod, s).await?);
+                    facts.still_listed =
+                        Some(self.still_ready_in_endpoints(ns, &pod, s, slices).await?);
                 }
                 Step::ReportForged(why) => {
                     if announced.first(&uid, "Forged") {
                         tracing::warn!(pod = %name, namespace = %ns, %why, "draining label without our seal: not deleting");
-                        self.events
-                            .publish(&pod, notice::forged(&self.instance, &why))
-                            .await;
+                        self.tell(&pod, notice::forged(&self.instance, &why)).await;
                     }
                     return Ok(());
                 }
@@ -268,31 +332,29 @@ impl Deleter {
                     if self.rewrite(&api, name, &version, &schedule, None).await?
                         && announced.first(&uid, "Repaired")
                     {
-                        self.events
-                            .publish(&pod, Notice::new(EventReason::DrainScheduleRepaired, format!("The drain annotations were changed by someone else; put back as pod-graceful-drain sealed them (the pod is deleted at {})", schedule.delete_at)))
+                        self.tell(&pod, Notice::new(EventReason::DrainScheduleRepaired, format!("The drain annotations were changed by someone else; put back as pod-graceful-drain sealed them (the pod is deleted at {})", schedule.delete_at)))
                             .await;
                     }
                     return Ok(());
                 }
                 Step::Withhold(why) => {
                     if announced.first(&uid, "Withheld") {
-                        self.events
-                            .publish(&pod, Notice::new(EventReason::DrainNotCarriedOut, format!("Due, but not deleted: {}. It stays out of its Services; put back the labels in {} or delete it", why.describe(), crate::core::keys::REMOVED_LABELS)))
+                        self.tell(&pod, Notice::new(EventReason::DrainNotCarriedOut, format!("Due, but not deleted: {}. It stays out of its Services; put back the labels in {} or delete it", why.describe(), crate::core::keys::REMOVED_LABELS)))
                             .await;
                     }
                     return Ok(());
                 }
                 Step::WaitForEndpoints { until } => {
                     if announced.first(&uid, "StillInEndpoints") {
-                        self.events
-                            .publish(&pod, Notice::new(EventReason::WaitingForEndpoints, format!("Still listed as ready in an EndpointSlice; waiting up to {until} before deleting"))).await;
+                        self.metrics.endpoint_wait(false);
+                        self.tell(&pod, Notice::new(EventReason::WaitingForEndpoints, format!("Still listed as ready in an EndpointSlice; waiting up to {until} before deleting"))).await;
                     }
                     return Ok(());
                 }
                 Step::Delete { schedule, forced } => {
                     if forced && announced.first(&uid, "EndpointsTimeout") {
-                        self.events
-                            .publish(&pod, Notice::new(EventReason::EndpointsWaitExceeded, "Still listed as ready in an EndpointSlice after the maximum wait; deleting anyway")).await;
+                        self.metrics.endpoint_wait(true);
+                        self.tell(&pod, Notice::new(EventReason::EndpointsWaitExceeded, "Still listed as ready in an EndpointSlice after the maximum wait; deleting anyway")).await;
                     }
                     return self.delete(&api, &pod, &version, &schedule, now).await;
                 }
@@ -341,19 +403,20 @@ impl Deleter {
         {
             Outcome::Done => {
                 let late = now.duration_since(schedule.due_at(self.policy.bounds));
+                self.metrics
+                    .deleted(Duration::try_from(late).unwrap_or_default());
                 tracing::info!(pod = %name, namespace = ?pod.namespace(), late_ms = late.as_millis(), "deleted at the end of its drain");
-                self.events
-                    .publish(
-                        pod,
-                        Notice::new(
-                            EventReason::Deleted,
-                            format!(
-                                "Drain over; deleted {} ms after its delete-at",
-                                late.as_millis()
-                            ),
+                self.tell(
+                    pod,
+                    Notice::new(
+                        EventReason::Deleted,
+                        format!(
+                            "Drain over; deleted {} ms after its delete-at",
+                            late.as_millis()
                         ),
-                    )
-                    .await;
+                    ),
+                )
+                .await;
             }
             Outcome::Gone => {}
             Outcome::Conflict => tracing::debug!(pod = %name, "changed since read; next pass"),
@@ -388,36 +451,223 @@ impl Deleter {
         Ok(None)
     }
 
+    /// The Services whose EndpointSlices may list a pod of the cache: those that selected it
+    /// before its drain, and those without a selector. Empty when it is not a drain of ours.
+    fn owners_of(
+        &self,
+        keys: &KeySet,
+        meta: &PartialObjectMeta<Pod>,
+        now: Timestamp,
+    ) -> BTreeSet<String> {
+        match self.mark(
+            keys,
+            meta.uid().as_deref(),
+            meta.labels(),
+            meta.annotations(),
+            now,
+        ) {
+            Mark::Sealed(schedule) => self.slice_owners(
+                &meta.namespace().unwrap_or_default(),
+                meta.labels(),
+                &schedule,
+            ),
+            _ => BTreeSet::new(),
+        }
+    }
+
+    fn slice_owners(
+        &self,
+        ns: &str,
+        labels: &BTreeMap<String, String>,
+        schedule: &Schedule,
+    ) -> BTreeSet<String> {
+        let mut before = labels.clone();
+        before.extend(schedule.removed_labels.clone());
+        self.view.slice_owners(ns, &before).into_iter().collect()
+    }
+
     /// Whether an EndpointSlice of a Service that selected the pod before its drain (or of one
     /// without a selector, whose slices anyone may keep) still lists it ready. Only those
-    /// Services' slices are asked for (label `kubernetes.io/service-name`).
+    /// Services' slices are asked for (label `kubernetes.io/service-name`): from the pass's one
+    /// read of the namespace when it covers them, else on their own (the pod changed since the
+    /// cache said which Services to read).
     async fn still_ready_in_endpoints(
         &self,
         ns: &str,
         pod: &Pod,
         schedule: &Schedule,
+        slices: &PassSlices,
     ) -> Result<bool, DeleterError> {
-        let mut before = pod.labels().clone();
-        before.extend(schedule.removed_labels.clone());
-        let services = self.view.slice_owners(ns, &before);
-        if services.is_empty() {
+        let owners = self.slice_owners(ns, pod.labels(), schedule);
+        if owners.is_empty() {
             return Ok(false);
         }
-        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), ns);
-        let selector = format!("kubernetes.io/service-name in ({})", services.join(","));
-        let name = pod.name_any();
-        let uid = pod.uid();
-        Ok(call(slices.list(&ListParams::default().labels(&selector)))
-            .await?
-            .items
-            .iter()
-            .flat_map(|s| s.endpoints.iter())
-            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
-            .filter_map(|e| e.target_ref.as_ref())
-            .any(|r| {
-                r.kind.as_deref() == Some("Pod")
-                    && r.name.as_deref() == Some(name.as_str())
-                    && (r.uid.is_none() || r.uid == uid)
-            }))
+        let target = PodRef {
+            name: pod.name_any(),
+            uid: pod.uid(),
+        };
+        if let Some((services, read)) = slices.covering(ns, &owners) {
+            let listed = read
+                .get_or_try_init(|| self.list_slices(ns, services))
+                .await?;
+            return Ok(lists_ready(listed, &owners, &target));
+        }
+        Ok(lists_ready(
+            &self.list_slices(ns, &owners).await?,
+            &owners,
+            &target,
+        ))
+    }
+
+    async fn list_slices(
+        &self,
+        ns: &str,
+        services: &BTreeSet<String>,
+    ) -> Result<Vec<EndpointSlice>, DeleterError> {
+        let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), ns);
+        let params = ListParams::default().labels(&slice_selector(services));
+        Ok(call(api.list(&params)).await?.items)
+    }
+}
+
+/// Above this many Services, a namespace's slices are read whole rather than named one by one
+/// (a label selector naming thousands of Services is a URL of tens of kilobytes).
+const MOST_NAMED_SERVICES: usize = 100;
+
+/// The label selector for the EndpointSlices of these Services.
+fn slice_selector(services: &BTreeSet<String>) -> String {
+    const KEY: &str = "kubernetes.io/service-name";
+    if services.len() > MOST_NAMED_SERVICES {
+        return KEY.to_string();
+    }
+    let names: Vec<&str> = services.iter().map(String::as_str).collect();
+    format!("{KEY} in ({})", names.join(","))
+}
+
+/// A pod as an EndpointSlice's `targetRef` names it.
+struct PodRef {
+    name: String,
+    uid: Option<String>,
+}
+
+/// Whether one of these Services' slices lists the pod as ready.
+fn lists_ready(slices: &[EndpointSlice], owners: &BTreeSet<String>, pod: &PodRef) -> bool {
+    slices
+        .iter()
+        .filter(|s| {
+            s.labels()
+                .get("kubernetes.io/service-name")
+                .is_some_and(|svc| owners.contains(svc))
+        })
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+        .filter_map(|e| e.target_ref.as_ref())
+        .any(|r| {
+            r.kind.as_deref() == Some("Pod")
+                && r.name.as_deref() == Some(pod.name.as_str())
+                && (r.uid.is_none() || r.uid == pod.uid)
+        })
+}
+
+/// The EndpointSlices one pass reads: per namespace, the Services its due pods need, read once
+/// (lazily, by the first pod that asks) and shared by all of them.
+#[derive(Default)]
+struct PassSlices(HashMap<String, (BTreeSet<String>, OnceCell<Vec<EndpointSlice>>)>);
+
+impl PassSlices {
+    fn want(&mut self, ns: &str, owners: &BTreeSet<String>) {
+        if owners.is_empty() {
+            return;
+        }
+        self.0
+            .entry(ns.to_string())
+            .or_default()
+            .0
+            .extend(owners.iter().cloned());
+    }
+
+    /// The namespace's shared read, if it covers all of these Services.
+    fn covering(
+        &self,
+        ns: &str,
+        owners: &BTreeSet<String>,
+    ) -> Option<(&BTreeSet<String>, &OnceCell<Vec<EndpointSlice>>)> {
+        let (services, read) = self.0.get(ns)?;
+        owners.is_subset(services).then_some((services, read))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    fn slice(service: &str, pod: &str, ready: bool) -> EndpointSlice {
+        let mut s = EndpointSlice::default();
+        s.metadata.labels = Some(
+            [(
+                "kubernetes.io/service-name".to_string(),
+                service.to_string(),
+            )]
+            .into(),
+        );
+        s.endpoints = vec![Endpoint {
+            conditions: Some(EndpointConditions {
+                ready: Some(ready),
+                ..Default::default()
+            }),
+            target_ref: Some(ObjectReference {
+                kind: Some("Pod".into()),
+                name: Some(pod.into()),
+                uid: Some("u1".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }];
+        s
+    }
+
+    #[test]
+    fn a_few_services_are_named_and_many_read_whole() {
+        assert_eq!(
+            slice_selector(&set(&["a", "b"])),
+            "kubernetes.io/service-name in (a,b)"
+        );
+        let many: BTreeSet<String> = (0..=MOST_NAMED_SERVICES).map(|i| format!("s{i}")).collect();
+        assert_eq!(slice_selector(&many), "kubernetes.io/service-name");
+    }
+
+    #[test]
+    fn only_the_pods_own_services_and_ready_endpoints_count() {
+        let pod = PodRef {
+            name: "web-1".into(),
+            uid: Some("u1".into()),
+        };
+        let slices = [slice("other", "web-1", true), slice("web", "web-1", false)];
+        assert!(!lists_ready(&slices, &set(&["web"]), &pod));
+        assert!(lists_ready(&slices, &set(&["web", "other"]), &pod));
+        let stranger = PodRef {
+            name: "web-1".into(),
+            uid: Some("u2".into()),
+        };
+        assert!(!lists_ready(&slices, &set(&["other"]), &stranger));
+    }
+
+    #[test]
+    fn a_pass_reads_a_namespace_once_for_the_services_its_pods_need() {
+        let mut pass = PassSlices::default();
+        pass.want("a", &set(&["web"]));
+        pass.want("a", &set(&["api", "web"]));
+        pass.want("b", &set(&[]));
+        let (services, _) = pass.covering("a", &set(&["api"])).expect("covered");
+        assert_eq!(services, &set(&["api", "web"]));
+        // A pod whose Services changed since the cache was read asks on its own.
+        assert!(pass.covering("a", &set(&["new"])).is_none());
+        assert!(pass.covering("b", &set(&["web"])).is_none());
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use kube::Client;
 
 use crate::k8s::clock::Clock;
+use crate::metrics::Metrics;
 use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
 use tokio::sync::watch;
 
@@ -65,6 +66,7 @@ pub struct Election {
     /// A replica whose clock is too far off the API server's does not even try to lead (the
     /// Lease's times, and every delete-at, are judged by clocks).
     pub clock: Clock,
+    pub metrics: Metrics,
 }
 
 impl Election {
@@ -95,6 +97,7 @@ impl Election {
                     Err(offset) => {
                         if was_leading {
                             tracing::warn!(offset_ms = ?offset.map(|o| o.as_millis()), "clock too far off the API server's: stepping down");
+                            self.metrics.leadership_changed(false);
                             let _ = lock.step_down().await;
                         }
                         None
@@ -112,6 +115,7 @@ impl Election {
                     Ok(LeaseLockResult::Acquired(_)) => {
                         if !was_leading {
                             tracing::info!(identity = %self.identity, "leading: the deleter runs here");
+                            self.metrics.leadership_changed(true);
                         }
                         was_leading = true;
                         let _ = tx.send(Some(lease_deadline(sent, self.ttl)));
@@ -119,6 +123,7 @@ impl Election {
                     Ok(LeaseLockResult::NotAcquired(_)) => {
                         if was_leading {
                             tracing::warn!("lost the lease: the deleter stops here");
+                            self.metrics.leadership_changed(false);
                         }
                         was_leading = false;
                         let _ = tx.send(None);

@@ -13,7 +13,8 @@
 //!   (pure), its Secret, the resolver.
 //! - Runners: [`admission`] (one request), [`server`] (the ports, bounded), [`leader`] (the
 //!   election), [`deleter`] (the leader's deferred deletes), [`uninstall`] (the Helm hook).
-//! - Process: [`config`], [`telemetry`], and `main.rs`, which wires them.
+//! - Process: [`config`], [`telemetry`] (logs, traces), [`metrics`] (Prometheus), and `main.rs`,
+//!   which wires them.
 //!
 //! # A request's flow
 //! TLS (the caller verified, or not) → the server's caps (size, time, count) → `review::parse`
@@ -33,6 +34,7 @@ pub mod admission;
 pub mod config;
 pub mod deleter;
 pub mod leader;
+pub mod metrics;
 pub mod server;
 pub mod telemetry;
 pub mod uninstall;

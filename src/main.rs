@@ -16,6 +16,7 @@ use pod_graceful_drain::k8s::cluster_view::ClusterView;
 use pod_graceful_drain::k8s::events::Events;
 use pod_graceful_drain::k8s::seal_keys::{KeyKeeper, SealKeys};
 use pod_graceful_drain::leader::Election;
+use pod_graceful_drain::metrics::Metrics;
 use pod_graceful_drain::server::{self, Readiness};
 use pod_graceful_drain::telemetry;
 use pod_graceful_drain::tls::renewal::Want;
@@ -111,6 +112,7 @@ async fn seal_keys(args: &Args, client: &kube::Client) -> SealKeys {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let ready = Readiness::default();
+    let metrics = Metrics::new();
     let (shutdown_tx, shutdown) = watch::channel(false);
     let health = tokio::net::TcpListener::bind(args.health_addr)
         .await
@@ -118,6 +120,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let health = tokio::spawn(server::serve_health(
         health,
         ready.clone(),
+        metrics.clone(),
         shutdown.clone(),
     ));
 
@@ -125,6 +128,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API")?;
     let cert = serving_cert(&args, &client).await?;
+    metrics.watch_certificate(cert.clone());
     let tls = ServerTls::new(
         cert,
         ClientAuthConfig {
@@ -161,6 +165,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         instance: args.instance.clone(),
         keys: keys.clone(),
         clock: clock.clone(),
+        metrics: metrics.clone(),
     });
     let (leadership, election) = Election {
         namespace: args.namespace.clone(),
@@ -168,8 +173,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         identity: args.identity.clone(),
         ttl: Duration::from_secs(args.lease_seconds),
         clock: clock.clone(),
+        metrics: metrics.clone(),
     }
     .start(client.clone(), shutdown.clone());
+    metrics.watch_leadership(leadership.clone());
     let deleter = Deleter {
         client: client.clone(),
         leadership,
@@ -180,9 +187,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         keys,
         view: view.clone(),
         clock,
+        metrics: metrics.clone(),
     };
     let deleter = tokio::spawn(deleter.run(shutdown.clone()));
 
+    let refusals = Arc::new(server::Refusals::default());
+    metrics.watch_refusals(refusals.clone());
     let listener = tokio::net::TcpListener::bind(args.webhook_addr)
         .await
         .with_context(|| format!("binding the webhook port {}", args.webhook_addr))?;
@@ -192,7 +202,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         listener,
         tls,
         server::webhook_router(admission),
-        Arc::new(server::Refusals::default()),
+        refusals,
         stop_serving,
         Duration::from_secs(args.hold_seconds + 5),
     ));

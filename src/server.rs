@@ -32,6 +32,7 @@ use tower::ServiceExt as _;
 
 use crate::admission::{Admission, Slot};
 use crate::core::review::MAX_REVIEW_BYTES;
+use crate::metrics::Metrics;
 use crate::tls::ServerTls;
 use crate::tls::client_auth::{self, Caller};
 
@@ -98,7 +99,7 @@ impl Limits {
     };
 }
 
-/// Counts of what the listeners refused or cut short, for logs (and the metrics to come).
+/// Counts of what the listeners refused or cut short, for logs and the metrics.
 #[derive(Debug, Default)]
 pub struct Refusals {
     pub connections_over_cap: AtomicU64,
@@ -110,6 +111,26 @@ pub struct Refusals {
     pub idle_closed: AtomicU64,
     /// Connections served in mode `optional` without an allowed client certificate.
     pub unverified_callers: AtomicU64,
+}
+
+impl Refusals {
+    /// Every count, named for the metrics' `what` label.
+    pub fn snapshot(&self) -> [(&'static str, u64); 8] {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("connection_over_cap", n(&self.connections_over_cap)),
+            (
+                "connection_over_source_cap",
+                n(&self.connections_over_source_cap),
+            ),
+            ("body_over_budget", n(&self.bodies_over_budget)),
+            ("request_over_cap", n(&self.requests_over_cap)),
+            ("handshake_failed", n(&self.handshakes_failed)),
+            ("header_timeout", n(&self.header_timeouts)),
+            ("idle_closed", n(&self.idle_closed)),
+            ("unverified_caller", n(&self.unverified_callers)),
+        ]
+    }
 }
 
 fn bump(counter: &AtomicU64) -> u64 {
@@ -497,9 +518,23 @@ pub fn webhook_router(admission: Arc<Admission>) -> Router {
         .with_state(admission)
 }
 
-pub fn health_router(ready: Readiness) -> Router {
+/// The health port: the kubelet's probes and Prometheus' scrape.
+pub fn health_router(ready: Readiness, metrics: Metrics) -> Router {
+    let scrape = get(move || {
+        let metrics = metrics.clone();
+        async move {
+            (
+                [(
+                    http::header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                metrics.encode(),
+            )
+        }
+    });
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", scrape)
         .route(
             "/readyz",
             get(|State(r): State<Readiness>| async move {
@@ -675,9 +710,14 @@ pub async fn serve_webhook(
     .await
 }
 
-/// Serves /healthz and /readyz on plain HTTP until `stop`.
-pub async fn serve_health(listener: TcpListener, ready: Readiness, stop: watch::Receiver<bool>) {
-    let router = health_router(ready);
+/// Serves /healthz, /readyz and /metrics on plain HTTP until `stop`.
+pub async fn serve_health(
+    listener: TcpListener,
+    ready: Readiness,
+    metrics: Metrics,
+    stop: watch::Receiver<bool>,
+) {
+    let router = health_router(ready, metrics);
     accept_loop(
         listener,
         Limits::HEALTH,

@@ -31,6 +31,7 @@ use pod_graceful_drain::k8s::clock::Clock;
 use pod_graceful_drain::k8s::cluster_view::ClusterView;
 use pod_graceful_drain::k8s::events::Events;
 use pod_graceful_drain::k8s::seal_keys::SealKeys;
+use pod_graceful_drain::metrics::Metrics;
 use pod_graceful_drain::server;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
@@ -65,6 +66,7 @@ fn admission(client: Client, instance: &str) -> Admission {
             None,
         )),
         clock: Clock::system(),
+        metrics: Metrics::new(),
     }
 }
 
@@ -530,6 +532,79 @@ async fn a_delete_whose_isolation_outlasts_the_hold_budget_is_not_let_through() 
         a["allowed"],
         json!(false),
         "the DELETE of a pod being drained (delete-at {at}) was let through: {a}"
+    );
+    Ok(())
+}
+
+/// The value of one series in the metrics' text (0 when it has not been written yet).
+fn series(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.parse().unwrap_or(f64::NAN))
+}
+
+#[tokio::test]
+async fn the_metrics_count_each_answer_by_operation_answer_and_reason() -> anyhow::Result<()> {
+    let env = TestEnv::new("api-metrics").await?;
+    let pods = env.serve_demo("web", 2, json!({})).await?;
+    let admission = admission(env.client.clone(), &env.namespace);
+    let metrics = admission.metrics.clone();
+    admission.view.ready().await;
+    let router = server::webhook_router(Arc::new(admission));
+    // An eviction of a serving pod drains it; a DELETE of a pod nothing serves passes untouched.
+    let drained = answer(&router, &eviction("m-1", &pods[0], DRAINER)).await?;
+    assert!(drained.get("patch").is_some(), "{drained}");
+    let mut unexposed = pods[1].clone();
+    unexposed.labels_mut().clear();
+    let passed = answer(&router, &delete("m-2", &unexposed, DRAINER)).await?;
+    assert!(allowed_as_is(&passed), "{passed}");
+    let bad = router
+        .clone()
+        .oneshot(
+            Request::post("/pods/delete")
+                .header("content-type", "application/json")
+                .body(Body::from("{\"kind\": \"AdmissionReview\"}"))?,
+        )
+        .await?;
+    assert!(bad.status().is_client_error(), "{}", bad.status());
+    let text = metrics.encode();
+    let p = "pod_graceful_drain_admission_requests_total";
+    for (labels, want) in [
+        (
+            r#"{operation="evict",answer="eviction_dry_run",reason="drain"}"#,
+            1.0,
+        ),
+        (
+            r#"{operation="delete",answer="allow",reason="not_exposed"}"#,
+            1.0,
+        ),
+        (
+            r#"{operation="unknown",answer="bad_request",reason="bad_review"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(
+            series(&text, &format!("{p}{labels}")),
+            want,
+            "{p}{labels} in:\n{text}"
+        );
+    }
+    assert_eq!(
+        series(
+            &text,
+            r#"pod_graceful_drain_admission_duration_seconds_count{operation="evict"}"#
+        ),
+        1.0,
+        "{text}"
+    );
+    // The drain's event is counted as it is sent.
+    assert_eq!(
+        series(
+            &text,
+            r#"pod_graceful_drain_events_total{reason="Draining",type="Normal"}"#
+        ),
+        1.0,
+        "{text}"
     );
     Ok(())
 }

@@ -105,6 +105,7 @@ fn deleter(env: &TestEnv, identity: &str, instance: &str, endpoint_wait_max: Dur
         keys: SealKeys::fixed(keys()),
         view: ClusterView::start(env.client.clone()),
         clock: pod_graceful_drain::k8s::clock::Clock::system(),
+        metrics: pod_graceful_drain::metrics::Metrics::new(),
     }
 }
 
@@ -170,7 +171,9 @@ async fn a_pod_still_ready_in_an_endpoint_slice_is_kept_up_to_the_maximum() -> a
     let delete_at: Timestamp =
         pod.annotations()[pod_graceful_drain::core::keys::DELETE_AT].parse()?;
     let (stop_tx, stop) = watch::channel(false);
-    let run = tokio::spawn(deleter(&env, "a", &instance, Duration::from_secs(6)).run(stop));
+    let listed_deleter = deleter(&env, "a", &instance, Duration::from_secs(6));
+    let metrics = listed_deleter.metrics.clone();
+    let run = tokio::spawn(listed_deleter.run(stop));
     let api: Api<Pod> = env.api();
     wait::until(
         &api,
@@ -205,5 +208,19 @@ async fn a_pod_still_ready_in_an_endpoint_slice_is_kept_up_to_the_maximum() -> a
             .len(),
         1
     );
+    // The metrics tell the same story: one wait started and ran out, one deletion, past due.
+    let text = metrics.encode();
+    for line in [
+        r#"pod_graceful_drain_endpoint_waits_total{outcome="started"} 1"#,
+        r#"pod_graceful_drain_endpoint_waits_total{outcome="exceeded"} 1"#,
+        r#"pod_graceful_drain_deletions_total{timeliness="late"} 1"#,
+        "pod_graceful_drain_deletion_lateness_seconds_count 1",
+        r#"pod_graceful_drain_events_total{reason="Deleted",type="Normal"} 1"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing in:\n{text}"
+        );
+    }
     Ok(())
 }

@@ -41,6 +41,22 @@ pub fn outcome_of(error: &kube::Error) -> Option<Outcome> {
     }
 }
 
+/// The kind of a failed API call, for the metrics' `kind` label.
+pub fn error_kind(error: &kube::Error) -> &'static str {
+    match error {
+        kube::Error::Api(s) => match s.code {
+            401 | 403 => "forbidden",
+            404 => "not_found",
+            409 => "conflict",
+            429 => "throttled",
+            500..=599 => "server",
+            _ => "client",
+        },
+        kube::Error::HyperError(_) | kube::Error::Service(_) => "transport",
+        _ => "other",
+    }
+}
+
 /// Retries `attempt` with a doubling delay (from 200 ms up to `max_delay`) until it succeeds,
 /// logging each failure as `what`: for what a replica cannot serve without (its certificate, the
 /// seal keys, the clock's offset), so it stays unready rather than failing.

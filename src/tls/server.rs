@@ -88,6 +88,18 @@ impl ReloadingCert {
         })
     }
 
+    /// When the certificate served now expires (Unix seconds); `None` before the first.
+    pub fn not_after(&self) -> Option<i64> {
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        let leaf = current.cert.first()?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        Some(parsed.validity().not_after.timestamp())
+    }
+
     /// Loads the pair from files once; fails when it cannot.
     pub fn load(cert_file: &Path, key_file: &Path) -> Result<Arc<ReloadingCert>, TlsError> {
         let cert = ReloadingCert::empty();

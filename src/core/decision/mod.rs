@@ -129,6 +129,24 @@ pub enum PassReason {
     OtherInstallation,
 }
 
+impl PassReason {
+    /// Its name in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PassReason::DryRun => "dry_run",
+            PassReason::ExcludedNamespace => "excluded_namespace",
+            PassReason::TerminatingNamespace => "terminating_namespace",
+            PassReason::OwnRequest => "own_request",
+            PassReason::OwnPod => "own_pod",
+            PassReason::OptedOut => "opted_out",
+            PassReason::NotExposed => "not_exposed",
+            PassReason::BudgetRefuses => "budget_refuses",
+            PassReason::CannotIsolate => "cannot_isolate",
+            PassReason::OtherInstallation => "other_installation",
+        }
+    }
+}
+
 /// What to answer the API server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
