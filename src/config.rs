@@ -198,6 +198,19 @@ pub enum Command {
     /// running ones finish (up to --wait-seconds, then delete what is left at once), stop the
     /// replicas and remove the Lease.
     Uninstall(UninstallArgs),
+    /// Which pods are draining, until when, why and at whose request, and who leads each
+    /// installation (read-only; also `kubectl pgd status` through a `kubectl-pgd` link).
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// Only the draining pods of this namespace (default: every namespace).
+    #[arg(short = 'n', long = "namespace")]
+    pub pods_namespace: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: crate::status::Output,
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -23,6 +23,7 @@ use tokio::sync::{OnceCell, watch};
 
 use crate::core::decision::Policy;
 use crate::core::deletion::{self, Step, Withheld};
+use crate::core::endpoints::{PodRef, lists_ready};
 use crate::core::keys::{DRAINING_LABEL, OPT_OUT};
 use crate::core::notice::{self, EventReason, Notice};
 use crate::core::schedule::{Reason, Schedule};
@@ -510,11 +511,11 @@ impl Deleter {
             let listed = read
                 .get_or_try_init(|| self.list_slices(ns, services))
                 .await?;
-            return Ok(lists_ready(listed, &owners, &target));
+            return Ok(lists_ready(listed, Some(&owners), &target));
         }
         Ok(lists_ready(
             &self.list_slices(ns, &owners).await?,
-            &owners,
+            Some(&owners),
             &target,
         ))
     }
@@ -536,37 +537,12 @@ const MOST_NAMED_SERVICES: usize = 100;
 
 /// The label selector for the EndpointSlices of these Services.
 fn slice_selector(services: &BTreeSet<String>) -> String {
-    const KEY: &str = "kubernetes.io/service-name";
+    const KEY: &str = crate::core::keys::SERVICE_NAME_LABEL;
     if services.len() > MOST_NAMED_SERVICES {
         return KEY.to_string();
     }
     let names: Vec<&str> = services.iter().map(String::as_str).collect();
     format!("{KEY} in ({})", names.join(","))
-}
-
-/// A pod as an EndpointSlice's `targetRef` names it.
-struct PodRef {
-    name: String,
-    uid: Option<String>,
-}
-
-/// Whether one of these Services' slices lists the pod as ready.
-fn lists_ready(slices: &[EndpointSlice], owners: &BTreeSet<String>, pod: &PodRef) -> bool {
-    slices
-        .iter()
-        .filter(|s| {
-            s.labels()
-                .get("kubernetes.io/service-name")
-                .is_some_and(|svc| owners.contains(svc))
-        })
-        .flat_map(|s| s.endpoints.iter())
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
-        .filter_map(|e| e.target_ref.as_ref())
-        .any(|r| {
-            r.kind.as_deref() == Some("Pod")
-                && r.name.as_deref() == Some(pod.name.as_str())
-                && (r.uid.is_none() || r.uid == pod.uid)
-        })
 }
 
 /// The EndpointSlices one pass reads: per namespace, the Services its due pods need, read once
@@ -600,36 +576,9 @@ impl PassSlices {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::ObjectReference;
-    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
 
     fn set(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|n| n.to_string()).collect()
-    }
-
-    fn slice(service: &str, pod: &str, ready: bool) -> EndpointSlice {
-        let mut s = EndpointSlice::default();
-        s.metadata.labels = Some(
-            [(
-                "kubernetes.io/service-name".to_string(),
-                service.to_string(),
-            )]
-            .into(),
-        );
-        s.endpoints = vec![Endpoint {
-            conditions: Some(EndpointConditions {
-                ready: Some(ready),
-                ..Default::default()
-            }),
-            target_ref: Some(ObjectReference {
-                kind: Some("Pod".into()),
-                name: Some(pod.into()),
-                uid: Some("u1".into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }];
-        s
     }
 
     #[test]
@@ -640,22 +589,6 @@ mod tests {
         );
         let many: BTreeSet<String> = (0..=MOST_NAMED_SERVICES).map(|i| format!("s{i}")).collect();
         assert_eq!(slice_selector(&many), "kubernetes.io/service-name");
-    }
-
-    #[test]
-    fn only_the_pods_own_services_and_ready_endpoints_count() {
-        let pod = PodRef {
-            name: "web-1".into(),
-            uid: Some("u1".into()),
-        };
-        let slices = [slice("other", "web-1", true), slice("web", "web-1", false)];
-        assert!(!lists_ready(&slices, &set(&["web"]), &pod));
-        assert!(lists_ready(&slices, &set(&["web", "other"]), &pod));
-        let stranger = PodRef {
-            name: "web-1".into(),
-            uid: Some("u2".into()),
-        };
-        assert!(!lists_ready(&slices, &set(&["other"]), &stranger));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! # The layers (each imports only from the ones below it)
 //! - [`core`]: pure, no client, no clock, no tokio (`.ci/run` checks): the review's parse
 //!   (`review`), the admission decision (`decision`), the deleter's state machine (`deletion`),
+//!   whether an EndpointSlice still lists a pod (`endpoints`),
 //!   and the rules they use: label selectors, isolation, the eviction handler's budget rules,
 //!   the schedule and its seal, clock skew, and every label and annotation of ours (`keys`).
 //! - [`k8s`]: every API read and write, each write guarded (uid / resourceVersion) and its 404 /
@@ -12,7 +13,8 @@
 //! - [`tls`]: the webhook port's TLS: client authentication, the serving certificate's renewal
 //!   (pure), its Secret, the resolver.
 //! - Runners: [`admission`] (one request), [`server`] (the ports, bounded), [`leader`] (the
-//!   election), [`deleter`] (the leader's deferred deletes), [`uninstall`] (the Helm hook).
+//!   election), [`deleter`] (the leader's deferred deletes), [`uninstall`] (the Helm hook),
+//!   [`status`] (the operator's read-only view).
 //! - Process: [`config`], [`telemetry`] (logs, traces), [`metrics`] (Prometheus), and `main.rs`,
 //!   which wires them.
 //!
@@ -36,5 +38,6 @@ pub mod deleter;
 pub mod leader;
 pub mod metrics;
 pub mod server;
+pub mod status;
 pub mod telemetry;
 pub mod uninstall;

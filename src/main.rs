@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use pod_graceful_drain::admission::{self, Admission};
-use pod_graceful_drain::config::{Args, Command, UninstallArgs};
+use pod_graceful_drain::config::{Args, Command, StatusArgs, UninstallArgs};
 use pod_graceful_drain::deleter::Deleter;
 use pod_graceful_drain::k8s;
 use pod_graceful_drain::k8s::clock::Clock;
@@ -18,6 +18,7 @@ use pod_graceful_drain::k8s::seal_keys::{KeyKeeper, SealKeys};
 use pod_graceful_drain::leader::Election;
 use pod_graceful_drain::metrics::Metrics;
 use pod_graceful_drain::server::{self, Readiness};
+use pod_graceful_drain::status::Output;
 use pod_graceful_drain::telemetry;
 use pod_graceful_drain::tls::renewal::Want;
 use pod_graceful_drain::tls::secret::{CertSecret, Manage};
@@ -33,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = telemetry::init(args.log_format);
     match &args.command {
         Some(Command::Uninstall(u)) => uninstall(&args, u).await,
+        Some(Command::Status(s)) => status(s).await,
         Some(Command::Serve) | None => run(args).await,
     }
 }
@@ -55,6 +57,18 @@ async fn uninstall(args: &Args, u: &UninstallArgs) -> anyhow::Result<()> {
     .run()
     .await
     .context("uninstall could not finish every drain")?;
+    Ok(())
+}
+
+async fn status(s: &StatusArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let report = pod_graceful_drain::status::read(&client, s.pods_namespace.as_deref()).await?;
+    match s.output {
+        Output::Table => print!("{}", pod_graceful_drain::status::table(&report)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 pub mod budget_rules;
 pub mod decision;
 pub mod deletion;
+pub mod endpoints;
 pub mod facts;
 pub mod isolation;
 pub mod keys;
