@@ -21,7 +21,7 @@ use kube::api::{EvictParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use pgd_harness::drained::{self, delete_at, deleted_between, draining};
 use pgd_harness::fetch::{FetchPod, Traffic};
-use pgd_harness::product::{Install, Options, chart_dir};
+use pgd_harness::product::{Install, Options, Scene, chart_dir};
 use pgd_harness::{TestEnv, helm, testbed_script, wait};
 use pod_graceful_drain::core::keys;
 use pod_graceful_drain::core::notice::EventReason;
@@ -58,18 +58,7 @@ async fn a_default_install_is_highly_available_and_drains_a_rollout() -> anyhow:
                 "pod-security.kubernetes.io/enforce": "restricted"}}})),
         )
         .await?;
-    let chart = chart_dir().display().to_string();
-    install
-        .run_helm(&[
-            "upgrade",
-            &install.release,
-            &chart,
-            "--reuse-values",
-            "--wait",
-            "--timeout",
-            "120s",
-        ])
-        .await?;
+    upgrade_to_this_chart(&install, &["--reuse-values", "--wait", "--timeout", "120s"]).await?;
     let deployments: Api<Deployment> = install.api();
     deployments
         .patch(
@@ -167,6 +156,25 @@ async fn a_default_install_is_highly_available_and_drains_a_rollout() -> anyhow:
     Ok(())
 }
 
+/// `helm upgrade` of the release to this checkout's chart, with `args` (values, `--wait`...).
+async fn upgrade_to_this_chart(
+    install: &Install,
+    args: &[&str],
+) -> pgd_harness::Result<std::process::Output> {
+    let chart = chart_dir().display().to_string();
+    let mut all = vec!["upgrade", install.release.as_str(), chart.as_str()];
+    all.extend_from_slice(args);
+    install.run_helm(&all).await
+}
+
+/// The pod IP of a running replica, to talk to it past the Service.
+fn pod_ip(p: &Pod) -> String {
+    p.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("pod IP")
+}
+
 /// The certificate a replica serves: its serial and whether it verifies against `bundle` for the
 /// Service's name (openssl from the host, run inside the testbed network like this thread).
 fn served_certificate(
@@ -228,11 +236,7 @@ async fn a_rotated_certificate_is_served_without_restarts() -> anyhow::Result<()
     let before = install.replicas().await?;
     let mut serials = Vec::new();
     for p in &before {
-        let ip = p
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.clone())
-            .expect("pod IP");
+        let ip = pod_ip(p);
         let (serial, verified) = served_certificate(&ip, &bundle, &host)?;
         assert!(
             verified,
@@ -245,11 +249,7 @@ async fn a_rotated_certificate_is_served_without_restarts() -> anyhow::Result<()
     // Every replica moves to a new certificate, still verified by the same (unchanged) bundle.
     let deadline = Instant::now() + Duration::from_secs(120);
     for (p, old) in before.iter().zip(&serials) {
-        let ip = p
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.clone())
-            .expect("pod IP");
+        let ip = pod_ip(p);
         loop {
             let (serial, verified) = served_certificate(&ip, &bundle, &host)?;
             if &serial != old {
@@ -301,14 +301,14 @@ async fn a_rotated_certificate_is_served_without_restarts() -> anyhow::Result<()
 
 #[tokio::test]
 async fn an_upgrade_under_load_loses_no_schedule_and_keeps_the_certificate() -> anyhow::Result<()> {
-    let env = TestEnv::new("chart-upgrade").await?;
-    let install = Install::new(
-        &env,
+    let Scene { env, install, pods } = Scene::new(
+        "chart-upgrade",
         Options {
             replicas: 3,
             drain_seconds: 25,
             ..Options::fast()
         },
+        4,
     )
     .await?;
     let secrets: Api<Secret> = install.api();
@@ -322,7 +322,6 @@ async fn an_upgrade_under_load_loses_no_schedule_and_keeps_the_certificate() -> 
     let vwc: Api<ValidatingWebhookConfiguration> = Api::all(env.client.clone());
     let bundle_before = bundle_of(&vwc.get(&install.name).await?);
 
-    let pods = env.serve_demo("web", 4, json!({})).await?;
     let app: Api<Pod> = env.api();
     let url = env.service_url("web", 4).await?;
     // Steady traffic through the Service for the whole upgrade.
@@ -350,19 +349,18 @@ async fn an_upgrade_under_load_loses_no_schedule_and_keeps_the_certificate() -> 
     ]);
     anyhow::ensure!(tag.status()?.success(), "tagging the image failed");
     let t = Instant::now();
-    install
-        .run_helm(&[
-            "upgrade",
-            &install.release,
-            &chart_dir().display().to_string(),
+    upgrade_to_this_chart(
+        &install,
+        &[
             "--reuse-values",
             "--set",
             "image.tag=next",
             "--wait",
             "--timeout",
             "120s",
-        ])
-        .await?;
+        ],
+    )
+    .await?;
     eprintln!("helm upgrade to a new image took {:?}", t.elapsed());
     let images: BTreeSet<String> = install
         .replicas()
@@ -424,17 +422,16 @@ where
 
 #[tokio::test]
 async fn uninstall_leaves_nothing_behind_and_no_pod_isolated() -> anyhow::Result<()> {
-    let env = TestEnv::new("chart-uninstall").await?;
-    let install = Install::new(
-        &env,
+    let Scene { env, install, pods } = Scene::new(
+        "chart-uninstall",
         Options {
             drain_seconds: 300,
             values: vec![("uninstall.waitSeconds".into(), "15".into())],
             ..Options::fast()
         },
+        3,
     )
     .await?;
-    let pods = env.serve_demo("web", 3, json!({})).await?;
     let app: Api<Pod> = env.api();
     // One drain ends within the uninstall's wait, one does not.
     app.patch(
@@ -568,17 +565,16 @@ async fn uninstall_leaves_nothing_behind_and_no_pod_isolated() -> anyhow::Result
 #[tokio::test]
 async fn an_uninstall_raced_by_a_writer_ends_with_the_pod_gone_or_in_an_error() -> anyhow::Result<()>
 {
-    let env = TestEnv::new("chart-uninstall-race").await?;
-    let install = Install::new(
-        &env,
+    let Scene { env, install, pods } = Scene::new(
+        "chart-uninstall-race",
         Options {
             drain_seconds: 300,
             values: vec![("uninstall.waitSeconds".into(), "2".into())],
             ..Options::fast()
         },
+        2,
     )
     .await?;
-    let pods = env.serve_demo("web", 2, json!({})).await?;
     let app: Api<Pod> = env.api();
     let drained = evict_and_wait_draining(&app, &pods[0].name_any()).await?;
     // Four writers back to back: the pod's resourceVersion moves every few milliseconds.
@@ -766,19 +762,18 @@ async fn an_upgrade_from_the_previous_chart_switches_client_auth_on_and_keeps_sc
     let before = evict_and_wait_draining(&api, &pods[0].name_any()).await?;
     let before_at = delete_at(&before)?;
 
-    install
-        .run_helm(&[
-            "upgrade",
-            &install.release,
-            &chart_dir().display().to_string(),
+    upgrade_to_this_chart(
+        &install,
+        &[
             "--reset-then-reuse-values",
             "--set",
             "clientAuth.mode=required",
             "--wait",
             "--timeout",
             "120s",
-        ])
-        .await?;
+        ],
+    )
+    .await?;
     install.wait_ready(2).await?;
     let deployment: Deployment = install.api().get(&install.name).await?;
     let env_vars = deployment
@@ -813,30 +808,21 @@ async fn an_upgrade_from_the_previous_chart_switches_client_auth_on_and_keeps_sc
 
 #[tokio::test]
 async fn changing_the_instance_on_upgrade_is_refused_and_the_drains_go_on() -> anyhow::Result<()> {
-    let env = TestEnv::new("chart-instance").await?;
-    let install = Install::new(
-        &env,
+    let Scene { env, install, pods } = Scene::new(
+        "chart-instance",
         Options {
             replicas: 1,
             drain_seconds: 20,
             ..Options::fast()
         },
+        2,
     )
     .await?;
-    let pods = env.serve_demo("web", 2, json!({})).await?;
     let api: Api<Pod> = env.api();
     let draining = evict_and_wait_draining(&api, &pods[0].name_any()).await?;
     let at = delete_at(&draining)?;
-    let refused = install
-        .run_helm(&[
-            "upgrade",
-            &install.release,
-            &chart_dir().display().to_string(),
-            "--reuse-values",
-            "--set",
-            "instance=another",
-        ])
-        .await;
+    let refused =
+        upgrade_to_this_chart(&install, &["--reuse-values", "--set", "instance=another"]).await;
     let message = match refused {
         Ok(out) => panic!(
             "the instance changed on upgrade: {}",

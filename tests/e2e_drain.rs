@@ -11,9 +11,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
+use pgd_harness::TestEnv;
 use pgd_harness::product::{Install, Options, PRODUCT_PODS, Scene};
 use pgd_harness::wait::{self, conditions};
-use pgd_harness::{TestEnv, kubectl};
 use pod_graceful_drain::core::keys;
 use serde_json::json;
 
@@ -139,28 +139,10 @@ async fn rollout_keeps_old_pods_serving_until_delete_at_without_slowing_down() -
 
 #[tokio::test]
 async fn a_persons_delete_is_held_and_exits_zero() -> anyhow::Result<()> {
-    let Scene {
-        env,
-        install: _install,
-        ..
-    } = Scene::new("held", Options::fast(), 2).await?;
-    let pods: Api<Pod> = env.api();
-    let victim = pods
-        .list(&ListParams::default().labels("app=web"))
-        .await?
-        .items[0]
-        .name_any();
+    let scene = Scene::new("held", Options::fast(), 2).await?;
+    let victim = scene.pods[0].name_any();
     let started = Instant::now();
-    let out = kubectl(env.target)
-        .args([
-            "-n",
-            &env.namespace,
-            "delete",
-            "pod",
-            &victim,
-            "--wait=false",
-        ])
-        .output()?;
+    let out = scene.env.kubectl_delete_pod(&victim, &[]).output()?;
     let held = started.elapsed();
     assert!(
         out.status.success(),
@@ -228,24 +210,11 @@ async fn scale_down_keeps_removed_pods_serving_until_delete_at() -> anyhow::Resu
 
 #[tokio::test]
 async fn a_replica_stopping_finishes_the_requests_it_holds() -> anyhow::Result<()> {
-    let Scene { env, install, .. } = Scene::new("sigterm", Options::fast(), 2).await?;
+    let Scene { env, install, pods } = Scene::new("sigterm", Options::fast(), 2).await?;
+    let victim = pods[0].name_any();
     let pods: Api<Pod> = env.api();
-    let victim = pods
-        .list(&ListParams::default().labels("app=web"))
-        .await?
-        .items[0]
-        .name_any();
     let started = Instant::now();
-    let held = kubectl(env.target)
-        .args([
-            "-n",
-            &env.namespace,
-            "delete",
-            "pod",
-            &victim,
-            "--wait=false",
-        ])
-        .spawn()?;
+    let held = env.kubectl_delete_pod(&victim, &[]).spawn()?;
     // Once the pod is draining the request is being held: stop every replica (SIGTERM).
     wait::until(
         &pods,

@@ -37,14 +37,25 @@ async fn app(env: &TestEnv, replicas: i32, budget: serde_json::Value) -> anyhow:
     Ok(pods)
 }
 
+/// What most tests here start from: a [`Scene`] (the product installed with fast options) whose
+/// demo app runs under the budget `budget`, created before its pods and current once this returns.
+async fn budgeted_scene(
+    name: &str,
+    replicas: i32,
+    budget: serde_json::Value,
+) -> anyhow::Result<Scene> {
+    let env = TestEnv::new(name).await?;
+    let install = Install::new(&env, Options::fast()).await?;
+    let pods = app(&env, replicas, budget).await?;
+    Ok(Scene { install, env, pods })
+}
+
 #[tokio::test]
 async fn an_allowed_eviction_isolates_spends_the_budget_and_keeps_the_pod_serving()
 -> anyhow::Result<()> {
-    let env = TestEnv::new("evict").await?;
-    let _install = Install::new(&env, Options::fast()).await?;
-    let pods = app(&env, 3, json!({"maxUnavailable": 1})).await?;
-    let api: Api<Pod> = env.api();
-    let victim = pods[0].name_any();
+    let scene = budgeted_scene("evict", 3, json!({"maxUnavailable": 1})).await?;
+    let api = scene.pods_api();
+    let victim = scene.pods[0].name_any();
     api.evict(&victim, &EvictParams::default()).await?;
     let now = api.get(&victim).await?;
     assert!(
@@ -82,11 +93,9 @@ async fn an_allowed_eviction_isolates_spends_the_budget_and_keeps_the_pod_servin
 #[tokio::test]
 async fn parallel_evictions_spend_a_budget_of_one_exactly_once_and_the_rest_get_429()
 -> anyhow::Result<()> {
-    let env = TestEnv::new("evict-race").await?;
-    let _install = Install::new(&env, Options::fast()).await?;
-    let pods = app(&env, 10, json!({"maxUnavailable": 1})).await?;
-    let api: Api<Pod> = env.api();
-    let tries = pods.iter().map(|p| {
+    let scene = budgeted_scene("evict-race", 10, json!({"maxUnavailable": 1})).await?;
+    let api = scene.pods_api();
+    let tries = scene.pods.iter().map(|p| {
         let api = api.clone();
         let name = p.name_any();
         async move {
@@ -134,18 +143,16 @@ async fn parallel_evictions_spend_a_budget_of_one_exactly_once_and_the_rest_get_
 
 #[tokio::test]
 async fn a_forbidden_eviction_gets_429_and_changes_nothing() -> anyhow::Result<()> {
-    let env = TestEnv::new("evict-no").await?;
-    let _install = Install::new(&env, Options::fast()).await?;
-    let pods = app(&env, 2, json!({"minAvailable": 2})).await?;
-    let api: Api<Pod> = env.api();
+    let scene = budgeted_scene("evict-no", 2, json!({"minAvailable": 2})).await?;
+    let api = scene.pods_api();
     match api
-        .evict(&pods[0].name_any(), &EvictParams::default())
+        .evict(&scene.pods[0].name_any(), &EvictParams::default())
         .await
     {
         Err(kube::Error::Api(s)) => assert_eq!(s.code, 429, "{s:?}"),
         other => panic!("the eviction was not refused: {other:?}"),
     }
-    let now = api.get(&pods[0].name_any()).await?;
+    let now = api.get(&scene.pods[0].name_any()).await?;
     assert!(!draining(&now), "a refused eviction isolated the pod");
     assert_eq!(now.labels().get("app").map(String::as_str), Some("web"));
     Ok(())
@@ -153,16 +160,14 @@ async fn a_forbidden_eviction_gets_429_and_changes_nothing() -> anyhow::Result<(
 
 #[tokio::test]
 async fn pods_not_serving_dry_runs_and_opted_out_pods_pass_at_once() -> anyhow::Result<()> {
-    let env = TestEnv::new("pass").await?;
-    let _install = Install::new(&env, Options::fast()).await?;
-    let pods = app(&env, 3, json!({"maxUnavailable": 3})).await?;
-    let api: Api<Pod> = env.api();
+    let scene = budgeted_scene("pass", 3, json!({"maxUnavailable": 3})).await?;
+    let api = scene.pods_api();
     let quick = Duration::from_secs(3);
 
     // A dry-run delete.
     let t = Instant::now();
     api.delete(
-        &pods[0].name_any(),
+        &scene.pods[0].name_any(),
         &DeleteParams {
             dry_run: true,
             ..DeleteParams::default()
@@ -170,10 +175,10 @@ async fn pods_not_serving_dry_runs_and_opted_out_pods_pass_at_once() -> anyhow::
     )
     .await?;
     assert!(t.elapsed() < quick);
-    assert!(!draining(&api.get(&pods[0].name_any()).await?));
+    assert!(!draining(&api.get(&scene.pods[0].name_any()).await?));
 
     // An opted-out pod.
-    let opted = pods[1].name_any();
+    let opted = scene.pods[1].name_any();
     api.patch(
         &opted,
         &PatchParams::default(),
@@ -242,16 +247,14 @@ async fn excluded_namespaces_pass_at_once() -> anyhow::Result<()> {
 /// the pod's labels nor the budget, and the pod is never deleted.
 #[tokio::test]
 async fn a_dry_run_inside_the_eviction_changes_nothing() -> anyhow::Result<()> {
-    let env = TestEnv::new("evict-dry").await?;
-    let _install = Install::new(&env, Options::fast()).await?;
-    let pods = app(&env, 3, json!({"maxUnavailable": 1})).await?;
-    let api: Api<Pod> = env.api();
-    let victim = pods[0].name_any();
+    let scene = budgeted_scene("evict-dry", 3, json!({"maxUnavailable": 1})).await?;
+    let api = scene.pods_api();
+    let victim = scene.pods[0].name_any();
     // As kubectl sends it (kube's EvictParams names the field delete_options, which the API server
     // ignores, so the body is written out here).
     let eviction = json!({
         "apiVersion": "policy/v1", "kind": "Eviction",
-        "metadata": {"name": victim, "namespace": env.namespace},
+        "metadata": {"name": victim, "namespace": scene.env.namespace},
         "deleteOptions": {"dryRun": ["All"]}
     });
     let _: serde_json::Value = api
@@ -263,9 +266,10 @@ async fn a_dry_run_inside_the_eviction_changes_nothing() -> anyhow::Result<()> {
         "a dry-run eviction isolated the pod: {:?}",
         now.labels()
     );
-    assert_eq!(now.labels(), pods[0].labels());
+    assert_eq!(now.labels(), scene.pods[0].labels());
     assert!(now.metadata.deletion_timestamp.is_none());
-    let disrupted = objects::disrupted_pods(&env.api::<PodDisruptionBudget>().get("web").await?);
+    let disrupted =
+        objects::disrupted_pods(&scene.env.api::<PodDisruptionBudget>().get("web").await?);
     assert!(
         disrupted.is_empty(),
         "a dry-run eviction spent the budget: {disrupted:?}"

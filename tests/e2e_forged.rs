@@ -13,7 +13,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use pgd_harness::drained::draining;
-use pgd_harness::product::{ClientAuth, Install, Options};
+use pgd_harness::product::{ClientAuth, Install, Options, Scene};
 use pgd_harness::{TestEnv, objects, testbed_client_cert};
 use pod_graceful_drain::core::keys;
 use pod_graceful_drain::core::schedule;
@@ -126,24 +126,21 @@ async fn replica_ip(install: &Install) -> anyhow::Result<String> {
     Ok(install.replica_with_ip().await?.1)
 }
 
-/// An installation watching `env`'s namespace, with the demo app there (2 pods behind a Service).
-async fn scene(env: &TestEnv, client_auth: ClientAuth) -> anyhow::Result<(Install, Vec<Pod>)> {
-    let install = Install::new(
-        env,
-        Options {
-            client_auth,
-            ..Options::fast()
-        },
-    )
-    .await?;
-    let pods = env.serve_demo("web", 2, json!({})).await?;
-    Ok((install, pods))
+/// A namespace with an installation watching it under `client_auth`, and the demo app there (2
+/// pods behind a Service).
+async fn scene(name: &str, client_auth: ClientAuth) -> anyhow::Result<Scene> {
+    let options = Options {
+        client_auth,
+        ..Options::fast()
+    };
+    Ok(Scene::new(name, options, 2).await?)
 }
 
 /// The forged eviction of a serving pod in a namespace the installation does not select.
 async fn forged_eviction_outside_the_selection(mode: ClientAuth) -> anyhow::Result<()> {
-    let env = TestEnv::new("forged-evict").await?;
-    let (install, _) = scene(&env, mode).await?;
+    let Scene {
+        env: _env, install, ..
+    } = scene("forged-evict", mode).await?;
     // A namespace that is not opted in, with a serving app and a budget.
     let outside = TestEnv::new("forged-outside").await?;
     let pdbs: Api<PodDisruptionBudget> = outside.api();
@@ -182,8 +179,7 @@ async fn forged_eviction_outside_the_selection(mode: ClientAuth) -> anyhow::Resu
 /// namespace: the first patch conflicts and the pod is re-read. Without authentication the pod
 /// may drain (the request cannot be told from a real one), but the forged options are not kept.
 async fn forged_grace_zero_delete(mode: ClientAuth) -> anyhow::Result<()> {
-    let env = TestEnv::new("forged-grace0").await?;
-    let (install, pods) = scene(&env, mode).await?;
+    let Scene { env, install, pods } = scene("forged-grace0", mode).await?;
     let victim = &pods[0];
     let mut old = serde_json::to_value(victim)?;
     old["metadata"]["resourceVersion"] = json!("1");
@@ -226,8 +222,7 @@ async fn forged_grace_zero_delete(mode: ClientAuth) -> anyhow::Result<()> {
 /// A forged DELETE carrying the pod's real resourceVersion but a doctored oldObject: the real pod
 /// has opted out, the forged one has not and asks for the longest drain.
 async fn forged_old_object(mode: ClientAuth) -> anyhow::Result<()> {
-    let env = TestEnv::new("forged-old").await?;
-    let (install, pods) = scene(&env, mode).await?;
+    let Scene { env, install, pods } = scene("forged-old", mode).await?;
     let api: Api<Pod> = env.api();
     let name = pods[0].name_any();
     let victim = api
@@ -263,8 +258,9 @@ async fn forged_old_object(mode: ClientAuth) -> anyhow::Result<()> {
 
 /// A forged DELETE of a serving pod in a namespace the installation does not select.
 async fn forged_delete_outside_the_selection(mode: ClientAuth) -> anyhow::Result<()> {
-    let env = TestEnv::new("forged-ns").await?;
-    let (install, _) = scene(&env, mode).await?;
+    let Scene {
+        env: _env, install, ..
+    } = scene("forged-ns", mode).await?;
     let outside = TestEnv::new("forged-ns-out").await?;
     let pods = outside.serve_demo("web", 2, json!({})).await?;
     let victim = &pods[0];
@@ -344,8 +340,7 @@ forgeries! {
 #[tokio::test]
 async fn with_client_auth_required_another_client_of_the_cluster_ca_is_refused_and_the_api_server_is_served()
 -> anyhow::Result<()> {
-    let env = TestEnv::new("forged-admin").await?;
-    let (install, pods) = scene(&env, ClientAuth::Required).await?;
+    let Scene { env, install, pods } = scene("forged-admin", ClientAuth::Required).await?;
     let victim = &pods[0];
     let ip = replica_ip(&install).await?;
     let admin = testbed_client_cert(env.target, "admin")?;
@@ -381,8 +376,7 @@ async fn with_client_auth_required_another_client_of_the_cluster_ca_is_refused_a
 #[tokio::test]
 async fn with_client_auth_optional_an_unverified_caller_is_served_as_unverified_and_logged()
 -> anyhow::Result<()> {
-    let env = TestEnv::new("forged-optional").await?;
-    let (install, pods) = scene(&env, ClientAuth::Optional).await?;
+    let Scene { env, install, pods } = scene("forged-optional", ClientAuth::Optional).await?;
     let victim = &pods[0];
     let ip = replica_ip(&install).await?;
     let posted = post(

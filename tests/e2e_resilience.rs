@@ -4,14 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
-use pgd_harness::drained::{self, delete_at, deleted_by};
-use pgd_harness::kubectl;
+use pgd_harness::drained::{self, delete_at, deleted_within};
 use pgd_harness::product::{Options, PRODUCT_PODS, Scene};
 use pgd_harness::wait::{self, conditions};
 use pod_graceful_drain::core::keys;
@@ -34,12 +33,7 @@ async fn killing_the_leader_mid_drain_still_deletes_on_time() -> anyhow::Result<
     eprintln!("killed leader {leader}; the drain ends at {delete_at}");
     // The Lease (6 s) expires before delete-at (8 s after the eviction): the other replica takes
     // over and deletes on time, within a tick and a renewal period.
-    deleted_by(
-        &api,
-        &pods[0],
-        delete_at.checked_add(jiff::SignedDuration::from_secs(3))?,
-    )
-    .await?;
+    deleted_within(&api, &pods[0], delete_at, SignedDuration::from_secs(3)).await?;
     Ok(())
 }
 
@@ -78,12 +72,7 @@ async fn restarting_every_replica_mid_drain_loses_no_schedule() -> anyhow::Resul
     .await?;
     for (p, at) in pods[..2].iter().zip(&deadlines) {
         // Replicas stopping take their grace period; allow for it on top of the schedule.
-        deleted_by(
-            &api,
-            p,
-            at.checked_add(jiff::SignedDuration::from_secs(20))?,
-        )
-        .await?;
+        deleted_within(&api, p, *at, SignedDuration::from_secs(20)).await?;
     }
     Ok(())
 }
@@ -95,11 +84,7 @@ async fn restarting_every_replica_mid_drain_loses_no_schedule() -> anyhow::Resul
 #[tokio::test]
 async fn a_mangled_schedule_gets_a_warning_and_the_pod_is_deleted_at_its_sealed_time()
 -> anyhow::Result<()> {
-    let Scene {
-        env,
-        install: _install,
-        pods,
-    } = Scene::new(
+    let scene = Scene::new(
         "mangled",
         Options {
             drain_seconds: 10,
@@ -112,8 +97,8 @@ async fn a_mangled_schedule_gets_a_warning_and_the_pod_is_deleted_at_its_sealed_
         2,
     )
     .await?;
-    let api: Api<Pod> = env.api();
-    let name = pods[0].name_any();
+    let api = scene.pods_api();
+    let name = scene.pods[0].name_any();
     let sealed = start_drain(&api, &name).await?;
     api.patch(
         &name,
@@ -123,7 +108,7 @@ async fn a_mangled_schedule_gets_a_warning_and_the_pod_is_deleted_at_its_sealed_
         ),
     )
     .await?;
-    let events: Api<Event> = env.api();
+    let events: Api<Event> = scene.env.api();
     wait::until_list(
         &events,
         kube::runtime::watcher::Config::default(),
@@ -139,23 +124,14 @@ async fn a_mangled_schedule_gets_a_warning_and_the_pod_is_deleted_at_its_sealed_
     .await?;
     let repaired = delete_at(&api.get(&name).await?)?;
     assert_eq!(repaired, sealed, "the readable delete-at was not put back");
-    deleted_by(
-        &api,
-        &pods[0],
-        repaired.checked_add(jiff::SignedDuration::from_secs(3))?,
-    )
-    .await?;
+    deleted_within(&api, &scene.pods[0], repaired, SignedDuration::from_secs(3)).await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_drain_longer_than_the_budget_answers_at_the_deadline_and_deletes_on_time()
 -> anyhow::Result<()> {
-    let Scene {
-        env,
-        install: _install,
-        pods,
-    } = Scene::new(
+    let scene = Scene::new(
         "long",
         Options {
             hold_seconds: 5,
@@ -164,8 +140,8 @@ async fn a_drain_longer_than_the_budget_answers_at_the_deadline_and_deletes_on_t
         2,
     )
     .await?;
-    let api: Api<Pod> = env.api();
-    let name = pods[0].name_any();
+    let api = scene.pods_api();
+    let name = scene.pods[0].name_any();
     api.patch(
         &name,
         &PatchParams::default(),
@@ -173,9 +149,7 @@ async fn a_drain_longer_than_the_budget_answers_at_the_deadline_and_deletes_on_t
     )
     .await?;
     let t = Instant::now();
-    let out = kubectl(env.target)
-        .args(["-n", &env.namespace, "delete", "pod", &name, "--wait=false"])
-        .output()?;
+    let out = scene.env.kubectl_delete_pod(&name, &[]).output()?;
     let answered = t.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("kubectl delete answered after {answered:?}: {stderr}");
@@ -192,10 +166,11 @@ async fn a_drain_longer_than_the_budget_answers_at_the_deadline_and_deletes_on_t
         stderr.contains(&delete_at.to_string()),
         "the message does not name delete-at: {stderr}"
     );
-    deleted_by(
+    deleted_within(
         &api,
-        &pods[0],
-        delete_at.checked_add(jiff::SignedDuration::from_secs(3))?,
+        &scene.pods[0],
+        delete_at,
+        SignedDuration::from_secs(3),
     )
     .await?;
     Ok(())
@@ -225,16 +200,8 @@ async fn a_held_delete_under_a_slowed_api_is_still_answered_before_the_webhook_t
     // and its events take seconds instead of milliseconds.
     let slow = pgd_harness::faults::SlowApi::new(&ip, 32)?;
     let t = Instant::now();
-    let out = kubectl(env.target)
-        .args([
-            "-n",
-            &env.namespace,
-            "delete",
-            "pod",
-            &name,
-            "--wait=false",
-            "--request-timeout=60s",
-        ])
+    let out = env
+        .kubectl_delete_pod(&name, &["--request-timeout=60s"])
         .output()?;
     let answered = t.elapsed();
     drop(slow);
@@ -265,11 +232,6 @@ async fn a_held_delete_under_a_slowed_api_is_still_answered_before_the_webhook_t
         pod.labels()
     );
     let delete_at = delete_at(&pod)?;
-    deleted_by(
-        &api,
-        &pods[0],
-        delete_at.checked_add(jiff::SignedDuration::from_secs(3))?,
-    )
-    .await?;
+    deleted_within(&api, &pods[0], delete_at, SignedDuration::from_secs(3)).await?;
     Ok(())
 }

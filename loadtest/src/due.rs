@@ -36,24 +36,40 @@ const PRECEDENCE: i32 = 8000;
 const APP: &str = "due-app";
 const SELECTOR: &str = "bench=due";
 
-#[derive(Debug, Clone)]
+/// The benchmark's settings, as given on the command line (`pgd-loadtest due --help`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct DueConfig {
+    #[arg(long, default_value_t = 200)]
     pub pods: usize,
+    /// Selector-less Services in the same namespace, each with one EndpointSlice.
+    #[arg(long, default_value_t = 2_000)]
     pub services: usize,
-    /// Give the other Services a selector (matching no pod) instead of none: their slices are
-    /// then none of a drained pod's business (a comparison, not the benchmark's setting).
+    /// Give those Services a selector matching no pod (a comparison: their slices are then
+    /// none of a drained pod's business).
+    #[arg(long)]
     pub selector_others: bool,
+    #[arg(long, default_value_t = 4)]
     pub nodes: usize,
+    /// Drain length: long enough for every DELETE to be answered before the first is due.
+    #[arg(long, default_value_t = 30)]
     pub drain_seconds: u64,
+    /// Hold budget: each DELETE is answered (403, "will be deleted on time") after this. It is
+    /// also the time the webhook has to isolate the pod: a DELETE not decided within it is
+    /// let through (the pod deleted at once).
+    #[arg(long, default_value_t = 10)]
     pub hold_seconds: u64,
     /// DELETEs in flight at once.
+    #[arg(long, default_value_t = 200)]
     pub concurrency: usize,
-    /// Seconds of idle request rate measured before the DELETEs.
+    /// Seconds of idle request rate before the DELETEs.
+    #[arg(long, default_value_t = 20)]
     pub baseline_seconds: u64,
-    /// Seconds measured after the last deletion (events published in the background, and the rate
-    /// once nothing is due).
+    /// Seconds measured after the last deletion (events published in the background, and the
+    /// rate once nothing is due).
+    #[arg(long, default_value_t = 10)]
     pub tail_seconds: u64,
-    /// How often the API server's /metrics is read.
+    /// How often the API server's /metrics is read, in ms.
+    #[arg(long, default_value_t = 1000)]
     pub sample_ms: u64,
 }
 

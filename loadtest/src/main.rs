@@ -103,39 +103,7 @@ enum Command {
     /// Many pods due at once: 200 serving pods (kwok) among 2,000 selector-less Services with an
     /// EndpointSlice each, deleted through the API server together; how late each deletion is,
     /// and the product's API request rate (the API server's own count, through a FlowSchema).
-    Due {
-        #[arg(long, default_value_t = 200)]
-        pods: usize,
-        /// Selector-less Services in the same namespace, each with one EndpointSlice.
-        #[arg(long, default_value_t = 2_000)]
-        services: usize,
-        /// Give those Services a selector matching no pod (a comparison: their slices are then
-        /// none of a drained pod's business).
-        #[arg(long)]
-        selector_others: bool,
-        #[arg(long, default_value_t = 4)]
-        nodes: usize,
-        /// Drain length: long enough for every DELETE to be answered before the first is due.
-        #[arg(long, default_value_t = 30)]
-        drain_seconds: u64,
-        /// Hold budget: each DELETE is answered (403, "will be deleted on time") after this. It is
-        /// also the time the webhook has to isolate the pod: a DELETE not decided within it is
-        /// let through (the pod deleted at once).
-        #[arg(long, default_value_t = 10)]
-        hold_seconds: u64,
-        /// DELETEs in flight at once.
-        #[arg(long, default_value_t = 200)]
-        concurrency: usize,
-        /// Seconds of idle request rate before the DELETEs.
-        #[arg(long, default_value_t = 20)]
-        baseline_seconds: u64,
-        /// Seconds measured after the last deletion.
-        #[arg(long, default_value_t = 10)]
-        tail_seconds: u64,
-        /// How often the API server's /metrics is read, in ms.
-        #[arg(long, default_value_t = 1000)]
-        sample_ms: u64,
-    },
+    Due(due::DueConfig),
     /// Floods against one replica (clientAuth none, the worst case): 4 MiB bodies, slow-loris,
     /// idle connections, held forged DELETEs; its memory and restarts, and the API server's real
     /// reviews meanwhile.
@@ -316,30 +284,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Due {
-            pods,
-            services,
-            selector_others,
-            nodes,
-            drain_seconds,
-            hold_seconds,
-            concurrency,
-            baseline_seconds,
-            tail_seconds,
-            sample_ms,
-        } => {
-            let cfg = due::DueConfig {
-                pods,
-                services,
-                selector_others,
-                nodes,
-                drain_seconds,
-                hold_seconds,
-                concurrency,
-                baseline_seconds,
-                tail_seconds,
-                sample_ms,
-            };
+        Command::Due(cfg) => {
             let report = due::run(&cfg, &cli.out).await?;
             std::fs::create_dir_all(&cli.out)?;
             std::fs::write(

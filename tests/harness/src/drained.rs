@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::runtime::conditions::is_deleted;
@@ -47,6 +47,20 @@ async fn gone_by(api: &Api<Pod>, pod: &Pod, by: Timestamp, slack: Duration) -> R
 /// Waits until `pod` is deleted, at the latest a second after `by`.
 pub async fn deleted_by(api: &Api<Pod>, pod: &Pod, by: Timestamp) -> Result<()> {
     gone_by(api, pod, by, Duration::from_secs(1)).await
+}
+
+/// Waits until `pod` is deleted, at the latest `late` after `at` (its delete-at, say) and a
+/// second more, as [`deleted_by`] allows.
+pub async fn deleted_within(
+    api: &Api<Pod>,
+    pod: &Pod,
+    at: Timestamp,
+    late: SignedDuration,
+) -> Result<()> {
+    let by = at
+        .checked_add(late)
+        .map_err(|e| Error::Unexpected(format!("{at} + {late}: {e}")))?;
+    deleted_by(api, pod, by).await
 }
 
 /// Waits until `pod` is deleted, at the latest half a second after `by`, and fails if it went

@@ -119,6 +119,16 @@ impl TestEnv {
         cmd.output()
     }
 
+    /// `kubectl delete pod <pod> --wait=false` in the test's namespace, then `extra`: a person's
+    /// DELETE, which returns once the API server (and the webhook) answered it, not once the pod
+    /// is gone. Returned unrun, for the caller to time, run or spawn.
+    pub fn kubectl_delete_pod(&self, pod: &str, extra: &[&str]) -> std::process::Command {
+        let mut cmd = crate::kubectl(self.target);
+        cmd.args(["-n", &self.namespace, "delete", "pod", pod, "--wait=false"])
+            .args(extra);
+        cmd
+    }
+
     /// Adds a label to the test's namespace.
     pub async fn label_namespace(&self, key: &str, value: &str) -> Result<()> {
         use kube::api::{Patch, PatchParams};
