@@ -341,7 +341,7 @@ mod tests {
             rows[0].starts_with("shop       web-1  pgd.pgd   eviction"),
             "{text}"
         );
-        assert!(rows[0].contains("09:59:30  10:00:42  42s   out"), "{text}");
+        assert!(rows[0].contains("09:59:30  10:00:42   42s   out"), "{text}");
         assert!(rows[1].contains("due   still listed"), "{text}");
     }
 
