@@ -8,6 +8,8 @@
 //! drains) is reported by the leader alone and is zero elsewhere, so a `sum` over replicas is
 //! the cluster's figure.
 
+#[cfg(test)]
+use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -509,5 +511,73 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    /// Every series the chart's alerts and dashboard read is one the product serves: a renamed
+    /// metric cannot silently blind them.
+    #[test]
+    fn the_charts_alerts_and_dashboard_read_only_series_that_exist() {
+        let m = Metrics::new();
+        m.watch_leadership(Leadership::fixed(false));
+        m.watch_refusals(Arc::new(Refusals::default()));
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["pgd.test".into()]).expect("a certificate");
+        let served = ReloadingCert::empty();
+        served
+            .set_pem(
+                cert.pem().as_bytes(),
+                signing_key.serialize_pem().as_bytes(),
+                "test",
+            )
+            .expect("a valid pair");
+        m.watch_certificate(served);
+        // A labelled family shows once it has a series: give each one.
+        m.answered(
+            OperationLabel::Evict,
+            AnswerLabel::Allow,
+            "drain",
+            Duration::ZERO,
+        );
+        m.deleted(Duration::ZERO);
+        m.endpoint_wait(false);
+        m.leadership_changed(true);
+        m.api_error(Component::Admission, "server");
+        m.event(EventReason::Deleted);
+        m.drains_seen(None);
+        let text = m.encode();
+        let families: BTreeSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let known = |name: &str| {
+            families.contains(name)
+                || ["_total", "_bucket", "_count", "_sum"]
+                    .iter()
+                    .any(|suffix| {
+                        name.strip_suffix(suffix)
+                            .is_some_and(|f| families.contains(f))
+                    })
+        };
+        for (file, body) in [
+            ("alerts.yaml", include_str!("../chart/files/alerts.yaml")),
+            (
+                "dashboard.json",
+                include_str!("../chart/files/dashboard.json"),
+            ),
+        ] {
+            let mut read = 0;
+            for name in body
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("pod_graceful_drain_"))
+            {
+                read += 1;
+                assert!(
+                    known(name),
+                    "{file} reads {name}, which is not served:\n{text}"
+                );
+            }
+            assert!(read >= 5, "{file} reads only {read} series");
+        }
     }
 }

@@ -144,6 +144,23 @@ pub fn kubectl(target: &Target) -> Command {
     }
 }
 
+/// `program` as a user of the cluster runs it: with the cluster's kubeconfig, and on the testbed
+/// inside its network (where the API server is reachable), the testbed's kubectl on the PATH.
+pub fn as_cluster_user(target: &Target, program: &Path) -> Command {
+    match target {
+        Target::Testbed { scripts, .. } => {
+            let mut c = Command::new(scripts.join("exec"));
+            c.arg(program);
+            c
+        }
+        Target::External { kubeconfig } => {
+            let mut c = Command::new(program);
+            c.env("KUBECONFIG", kubeconfig);
+            c
+        }
+    }
+}
+
 /// One of the testbed's own scripts (`images/tag`, say); an error on another cluster.
 pub fn testbed_script(target: &Target, path: &str) -> Result<Command> {
     match target {

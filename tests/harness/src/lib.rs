@@ -20,8 +20,8 @@ pub mod product;
 pub mod wait;
 
 pub use cluster::{
-    Target, helm, helm_offline, kubectl, nodes_ready_schedulable, target, testbed_client_cert,
-    testbed_script,
+    Target, as_cluster_user, helm, helm_offline, kubectl, nodes_ready_schedulable, target,
+    testbed_client_cert, testbed_script,
 };
 pub use error::{Error, Result};
 pub use namespace::TestEnv;
