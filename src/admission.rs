@@ -125,7 +125,14 @@ impl Admission {
     /// Serves one request body from `caller`. Never panics on input; a bad body is a 4xx with its
     /// reason.
     #[tracing::instrument(name = "admission", skip_all, fields(uid, user, pod, caller = %caller))]
-    pub async fn serve(&self, body: Bytes, caller: &Caller, slot: Slot) -> HttpAnswer {
+    pub async fn serve(
+        &self,
+        body: Bytes,
+        caller: &Caller,
+        slot: Slot,
+        traceparent: Option<&str>,
+    ) -> HttpAnswer {
+        crate::telemetry::continue_trace(traceparent);
         let parsed = review::parse(&body);
         // Nothing of the body outlives the parse (a held request must not keep it).
         drop(body);

@@ -273,7 +273,13 @@ impl Deleter {
         mark
     }
 
-    #[tracing::instrument(name = "deferred_delete", skip(self, keys, announced, slices))]
+    /// One look at one pod; its span is linked to the admission span that scheduled the drain
+    /// (the traceparent sealed in the schedule), with delete-at, lateness and outcome.
+    #[tracing::instrument(
+        name = "deferred_delete",
+        skip(self, keys, announced, slices),
+        fields(delete_at, late_ms, outcome)
+    )]
     async fn handle(
         &self,
         ns: &str,
@@ -293,6 +299,10 @@ impl Deleter {
         let uid = version.uid.clone();
         let now = self.clock.earliest();
         let mark = self.mark(keys, Some(&uid), pod.labels(), pod.annotations(), now);
+        if let Mark::Sealed(s) = &mark {
+            crate::telemetry::link_to(s.traceparent.as_deref());
+            tracing::Span::current().record("delete_at", s.delete_at.to_string());
+        }
         let mut facts = deletion::Pod {
             mark: &mark,
             annotations: pod.annotations(),
@@ -404,6 +414,9 @@ impl Deleter {
         {
             Outcome::Done => {
                 let late = now.duration_since(schedule.due_at(self.policy.bounds));
+                let span = tracing::Span::current();
+                span.record("late_ms", late.as_millis());
+                span.record("outcome", "deleted");
                 self.metrics
                     .deleted(Duration::try_from(late).unwrap_or_default());
                 tracing::info!(pod = %name, namespace = ?pod.namespace(), late_ms = late.as_millis(), "deleted at the end of its drain");
@@ -419,8 +432,13 @@ impl Deleter {
                 )
                 .await;
             }
-            Outcome::Gone => {}
-            Outcome::Conflict => tracing::debug!(pod = %name, "changed since read; next pass"),
+            Outcome::Gone => {
+                tracing::Span::current().record("outcome", "gone");
+            }
+            Outcome::Conflict => {
+                tracing::Span::current().record("outcome", "changed");
+                tracing::debug!(pod = %name, "changed since read; next pass");
+            }
         }
         Ok(())
     }

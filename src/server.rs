@@ -482,6 +482,17 @@ async fn review(
         .map(|Extension(c)| c)
         .unwrap_or(Caller::Unverified(client_auth::Unverified::NotAsked));
     let slot = slot.map(|Extension(s)| s).unwrap_or_default();
+    // The API server's trace, continued by ours: only from a caller it could be (an unverified
+    // client of the cluster CA, or one without a certificate where one is asked for, gets a
+    // trace of its own, so it cannot steer sampling).
+    let traceparent = match &caller {
+        Caller::Verified { .. } | Caller::Unverified(client_auth::Unverified::NotAsked) => request
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        Caller::Unverified(_) => None,
+    };
     let (body, budget) = match read_body(request, MAX_REVIEW_BYTES, &limits).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
@@ -490,7 +501,9 @@ async fn review(
     // them then, so they are not held while it waits on the API or a hold.
     drop(budget);
     let started = Instant::now();
-    let answer = admission.serve(body, &caller, slot).await;
+    let answer = admission
+        .serve(body, &caller, slot, traceparent.as_deref())
+        .await;
     let timing = format!("review;dur={:.3}", started.elapsed().as_secs_f64() * 1000.0);
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_REQUEST);
     let content_type = if status.is_success() {

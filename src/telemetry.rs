@@ -37,11 +37,20 @@ fn provider() -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildErro
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .build()?;
-    let resource = Resource::builder()
-        .with_service_name(
-            std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "pod-graceful-drain".into()),
-        )
-        .build();
+    // The standard variables (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES) are read by the
+    // builder; the pod and namespace come from the downward API (POD_NAME, POD_NAMESPACE).
+    let mut resource = Resource::builder().with_service_name(
+        std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "pod-graceful-drain".into()),
+    );
+    for (key, var) in [
+        ("k8s.pod.name", "POD_NAME"),
+        ("k8s.namespace.name", "POD_NAMESPACE"),
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            resource = resource.with_attribute(opentelemetry::KeyValue::new(key, v));
+        }
+    }
+    let resource = resource.build();
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(resource)
@@ -90,6 +99,35 @@ pub fn init(format: LogFormat) -> Guard {
     Guard(provider)
 }
 
+/// The span context a W3C `traceparent` names, if it is well-formed (anything else is no
+/// context: a malformed header starts a trace of its own).
+pub fn remote_context(traceparent: &str) -> Option<opentelemetry::Context> {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    // The header's size is bounded by the server's header limits; a traceparent is 55 bytes.
+    if traceparent.len() > 128 {
+        return None;
+    }
+    let carrier: std::collections::HashMap<String, String> =
+        [("traceparent".to_string(), traceparent.to_string())].into();
+    let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
+/// Makes the current span a child of the caller's trace (the API server propagates its own).
+pub fn continue_trace(traceparent: Option<&str>) {
+    if let Some(cx) = traceparent.and_then(remote_context) {
+        let _ = tracing::Span::current().set_parent(cx);
+    }
+}
+
+/// Links the current span to the one a stored `traceparent` names (the request that scheduled
+/// this work, minutes ago and maybe on another replica).
+pub fn link_to(traceparent: Option<&str>) {
+    if let Some(cx) = traceparent.and_then(remote_context) {
+        tracing::Span::current().add_link(cx.span().span_context().clone());
+    }
+}
+
 /// The W3C `traceparent` of the current span, when traces are exported (recorded in the drain
 /// schedule, so the deferred delete can be found from the request that caused it).
 pub fn current_traceparent() -> Option<String> {
@@ -104,4 +142,30 @@ pub fn current_traceparent() -> Option<String> {
             sc.trace_flags().to_u8()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_well_formed_traceparent_is_a_remote_parent_and_anything_else_is_none() {
+        let cx = remote_context("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .expect("a valid traceparent");
+        let sc = cx.span().span_context().clone();
+        assert!(sc.is_remote() && sc.is_sampled());
+        assert_eq!(
+            format!("{:032x}", sc.trace_id()),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        for bad in [
+            "",
+            "garbage",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            &"0".repeat(10_000),
+        ] {
+            assert!(remote_context(bad).is_none(), "{bad:.40}");
+        }
+    }
 }
