@@ -218,40 +218,7 @@ pub fn table(report: &Report) -> String {
         "LEFT",
         "ENDPOINTS",
     ];
-    let rows: Vec<[String; 9]> = report
-        .draining
-        .iter()
-        .map(|d| {
-            let t =
-                |t: Option<Timestamp>| t.map_or("?".into(), |t| t.strftime("%H:%M:%S").to_string());
-            let left = match (d.terminating, d.delete_at) {
-                (true, _) => "terminating".into(),
-                (false, Some(at)) if at > now => seconds(at.duration_since(now)),
-                (false, Some(_)) => "due".into(),
-                (false, None) => "?".into(),
-            };
-            [
-                d.namespace.clone(),
-                d.pod.clone(),
-                if d.sealed {
-                    d.instance.clone()
-                } else {
-                    format!("{} (no seal)", d.instance)
-                },
-                d.reason.clone().unwrap_or_else(|| "?".into()),
-                d.requested_by.clone().unwrap_or_else(|| "?".into()),
-                t(d.started_at),
-                t(d.delete_at),
-                left,
-                if d.still_listed {
-                    "still listed"
-                } else {
-                    "out"
-                }
-                .into(),
-            ]
-        })
-        .collect();
+    let rows: Vec<[String; 9]> = report.draining.iter().map(|d| row(d, now)).collect();
     let mut widths = header.map(str::len);
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -275,6 +242,37 @@ pub fn table(report: &Report) -> String {
         out.push_str(&line(r));
     }
     out
+}
+
+/// One draining pod's cells, in the header's order.
+fn row(d: &Draining, now: Timestamp) -> [String; 9] {
+    let t = |t: Option<Timestamp>| t.map_or("?".into(), |t| t.strftime("%H:%M:%S").to_string());
+    let left = match (d.terminating, d.delete_at) {
+        (true, _) => "terminating".into(),
+        (false, Some(at)) if at > now => seconds(at.duration_since(now)),
+        (false, Some(_)) => "due".into(),
+        (false, None) => "?".into(),
+    };
+    [
+        d.namespace.clone(),
+        d.pod.clone(),
+        if d.sealed {
+            d.instance.clone()
+        } else {
+            format!("{} (no seal)", d.instance)
+        },
+        d.reason.clone().unwrap_or_else(|| "?".into()),
+        d.requested_by.clone().unwrap_or_else(|| "?".into()),
+        t(d.started_at),
+        t(d.delete_at),
+        left,
+        if d.still_listed {
+            "still listed"
+        } else {
+            "out"
+        }
+        .into(),
+    ]
 }
 
 fn seconds(d: jiff::SignedDuration) -> String {
