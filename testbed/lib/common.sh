@@ -14,6 +14,10 @@ KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"     # only the scale benchmark (loadtest)
 # v2.1.0 is the newest kube-router the Go module proxy serves (later tags answer 403).
 KUBE_ROUTER_VERSION="${KUBE_ROUTER_VERSION:-v2.1.0}"
 NETPOL_PACKAGES=(ipset)
+# Prometheus + promtool (`build prometheus`, optional): scrapes the product's replicas through Kubernetes
+# service discovery (`testbed/prometheus`), and promtool unit-tests alert rules. Module v0.316.0 is
+# Prometheus 3.16.0.
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.316.0}"
 DEBIAN_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack iproute2 openssl curl util-linux kmod file fonts-dejavu-core)
 
 TESTBED_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,6 +28,7 @@ ETCD_BIN="$CACHE/etcd/$ETCD_VERSION/bin"
 HELM_BIN="$CACHE/helm/$HELM_VERSION/bin"
 KWOK_BIN="$CACHE/kwok/$KWOK_VERSION/bin"
 NETPOL_BIN="$CACHE/kube-router/$KUBE_ROUTER_VERSION/bin"
+PROMETHEUS_BIN="$CACHE/prometheus/$PROMETHEUS_VERSION/bin"
 # Go's caches live beside the binaries so that one directory holds (and `du` measures) all of it.
 export GOMODCACHE="$CACHE/go/mod" GOCACHE="$CACHE/go/build" GOPATH="$CACHE/go/path"
 export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 GOFLAGS=-mod=mod
