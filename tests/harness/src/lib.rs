@@ -17,6 +17,7 @@ mod namespace;
 mod netns;
 pub mod objects;
 pub mod product;
+pub mod prometheus;
 pub mod wait;
 
 pub use cluster::{
