@@ -142,7 +142,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API")?;
     let cert = serving_cert(&args, &client).await?;
-    metrics.watch_certificate(cert.clone());
+    let served = cert.clone();
+    metrics.watch_certificate(move || served.not_after());
     let tls = ServerTls::new(
         cert,
         ClientAuthConfig {
@@ -190,7 +191,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         metrics: metrics.clone(),
     }
     .start(client.clone(), shutdown.clone());
-    metrics.watch_leadership(leadership.clone());
+    let leading = leadership.clone();
+    metrics.watch_leadership(move || leading.is_leading());
     let deleter = Deleter {
         client: client.clone(),
         leadership,
@@ -206,7 +208,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let deleter = tokio::spawn(deleter.run(shutdown.clone()));
 
     let refusals = Arc::new(server::Refusals::default());
-    metrics.watch_refusals(refusals.clone());
+    let counted = refusals.clone();
+    metrics.watch_refusals(move || counted.snapshot().to_vec());
     let listener = tokio::net::TcpListener::bind(args.webhook_addr)
         .await
         .with_context(|| format!("binding the webhook port {}", args.webhook_addr))?;

@@ -23,9 +23,6 @@ use prometheus_client::registry::Registry;
 
 use crate::core::notice::{EventReason, Severity};
 use crate::core::schedule::Reason;
-use crate::leader::Leadership;
-use crate::server::Refusals;
-use crate::tls::ReloadingCert;
 
 /// How far past its due time a deletion counts as late.
 pub const LATE_AFTER: Duration = Duration::from_secs(5);
@@ -170,13 +167,16 @@ impl Default for Metrics {
 }
 
 /// What is read at scrape time rather than counted: leadership, the serving certificate's
-/// expiry, the webhook listener's refusals. Each is set once, when it exists.
+/// expiry, the webhook listener's refusals. Each is set once, when it exists, as a reading
+/// function (so this module needs none of the runners that own them).
 #[derive(Default)]
 struct Live {
-    leadership: OnceLock<Leadership>,
-    certificate: OnceLock<Arc<ReloadingCert>>,
-    refusals: OnceLock<Arc<Refusals>>,
+    leading: OnceLock<Reading<bool>>,
+    certificate_expiry: OnceLock<Reading<Option<i64>>>,
+    refusals: OnceLock<Reading<Vec<(&'static str, u64)>>>,
 }
+
+type Reading<T> = Box<dyn Fn() -> T + Send + Sync>;
 
 const PREFIX: &str = "pod_graceful_drain";
 
@@ -273,16 +273,22 @@ impl Metrics {
         out
     }
 
-    pub fn watch_leadership(&self, leadership: Leadership) {
-        let _ = self.live.leadership.set(leadership);
+    /// Whether this replica leads, read at each scrape.
+    pub fn watch_leadership(&self, leading: impl Fn() -> bool + Send + Sync + 'static) {
+        let _ = self.live.leading.set(Box::new(leading));
     }
 
-    pub fn watch_certificate(&self, cert: Arc<ReloadingCert>) {
-        let _ = self.live.certificate.set(cert);
+    /// When the serving certificate in use expires (Unix seconds), read at each scrape.
+    pub fn watch_certificate(&self, expiry: impl Fn() -> Option<i64> + Send + Sync + 'static) {
+        let _ = self.live.certificate_expiry.set(Box::new(expiry));
     }
 
-    pub fn watch_refusals(&self, refusals: Arc<Refusals>) {
-        let _ = self.live.refusals.set(refusals);
+    /// The webhook listener's refusal counts by kind, read at each scrape.
+    pub fn watch_refusals(
+        &self,
+        counts: impl Fn() -> Vec<(&'static str, u64)> + Send + Sync + 'static,
+    ) {
+        let _ = self.live.refusals.set(Box::new(counts));
     }
 
     pub fn answered(
@@ -406,8 +412,8 @@ impl std::fmt::Debug for Live {
 
 impl Collector for Live {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        if let Some(leadership) = self.leadership.get() {
-            let g = ConstGauge::new(i64::from(leadership.is_leading()));
+        if let Some(leading) = self.leading.get() {
+            let g = ConstGauge::new(i64::from(leading()));
             let m = encoder.encode_descriptor(
                 "leader",
                 "1 while this replica leads (and runs the deleter), else 0",
@@ -416,7 +422,7 @@ impl Collector for Live {
             )?;
             g.encode(m)?;
         }
-        if let Some(expiry) = self.certificate.get().and_then(|c| c.not_after()) {
+        if let Some(expiry) = self.certificate_expiry.get().and_then(|read| read()) {
             let g = ConstGauge::new(expiry);
             let m = encoder.encode_descriptor(
                 "certificate_expiry_timestamp_seconds",
@@ -433,7 +439,7 @@ impl Collector for Live {
                 None,
                 prometheus_client::metrics::MetricType::Counter,
             )?;
-            for (what, n) in r.snapshot() {
+            for (what, n) in r() {
                 let c: ConstCounter<u64> = ConstCounter::new(n);
                 c.encode(family.encode_family(&RefusalLabel { what })?)?;
             }
@@ -497,12 +503,16 @@ mod tests {
     #[test]
     fn leadership_and_refusals_are_read_when_scraped() {
         let m = Metrics::new();
-        let refusals = Arc::new(Refusals::default());
-        m.watch_refusals(refusals.clone());
-        m.watch_leadership(Leadership::fixed(true));
-        refusals
-            .handshakes_failed
-            .fetch_add(3, std::sync::atomic::Ordering::Relaxed);
+        let refusals = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = refusals.clone();
+        m.watch_refusals(move || {
+            vec![(
+                "handshake_failed",
+                seen.load(std::sync::atomic::Ordering::Relaxed),
+            )]
+        });
+        m.watch_leadership(|| true);
+        refusals.fetch_add(3, std::sync::atomic::Ordering::Relaxed);
         let text = m.encode();
         assert!(text.contains("pod_graceful_drain_leader 1\n"), "{text}");
         assert!(
@@ -518,19 +528,9 @@ mod tests {
     #[test]
     fn the_charts_alerts_and_dashboard_read_only_series_that_exist() {
         let m = Metrics::new();
-        m.watch_leadership(Leadership::fixed(false));
-        m.watch_refusals(Arc::new(Refusals::default()));
-        let rcgen::CertifiedKey { cert, signing_key } =
-            rcgen::generate_simple_self_signed(vec!["pgd.test".into()]).expect("a certificate");
-        let served = ReloadingCert::empty();
-        served
-            .set_pem(
-                cert.pem().as_bytes(),
-                signing_key.serialize_pem().as_bytes(),
-                "test",
-            )
-            .expect("a valid pair");
-        m.watch_certificate(served);
+        m.watch_leadership(|| false);
+        m.watch_refusals(|| vec![("handshake_failed", 0)]);
+        m.watch_certificate(|| Some(1_900_000_000));
         // A labelled family shows once it has a series: give each one.
         m.answered(
             OperationLabel::Evict,

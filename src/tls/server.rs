@@ -325,6 +325,19 @@ mod tests {
     }
 
     #[test]
+    fn the_expiry_of_the_certificate_served_is_known() {
+        let cert = ReloadingCert::empty();
+        assert_eq!(cert.not_after(), None);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["x.test".to_string()]).unwrap();
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        cert.set_pem(pem.as_bytes(), key.serialize_pem().as_bytes(), "test")
+            .unwrap();
+        assert_eq!(cert.not_after(), Some(1_900_000_000));
+    }
+
+    #[test]
     fn a_rotated_pair_is_served_and_a_broken_one_is_not() {
         let dir = std::env::temp_dir().join(format!("pgd-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
