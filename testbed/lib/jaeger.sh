@@ -80,7 +80,11 @@ jaeger_pid() { # prints the pid when the recorded Jaeger still runs
   echo "$pid"
 }
 
-jaeger_ready() { in_node 1 curl -sf --max-time 2 "$JAEGER_QUERY/api/services" >/dev/null; }
+# Ready: every component (receivers, pipeline, query) reports healthy, and the query API answers.
+jaeger_ready() {
+  in_node 1 curl -sf --max-time 2 "$JAEGER_HEALTH" | grep -q '"healthy":true' &&
+    in_node 1 curl -sf --max-time 2 "$JAEGER_QUERY/api/services" >/dev/null
+}
 
 # Starts Jaeger in node 1's network namespace (nothing when it runs) and waits until its query API
 # answers. Needs the network namespace, not the cluster: `up` starts it before the API server.
