@@ -29,6 +29,10 @@ HELM_BIN="$CACHE/helm/$HELM_VERSION/bin"
 KWOK_BIN="$CACHE/kwok/$KWOK_VERSION/bin"
 NETPOL_BIN="$CACHE/kube-router/$KUBE_ROUTER_VERSION/bin"
 PROMETHEUS_BIN="$CACHE/prometheus/$PROMETHEUS_VERSION/bin"
+# Trace backend (`build jaeger`, optional): Jaeger v2 (an OpenTelemetry Collector distribution) with
+# in-memory storage, run by `up` (and `testbed/jaeger`) in node 1's network; `up` points the API server's tracing at it.
+JAEGER_VERSION="${JAEGER_VERSION:-v1.76.0}"
+JAEGER_BIN="$CACHE/jaeger/$JAEGER_VERSION/bin"
 # Go's caches live beside the binaries so that one directory holds (and `du` measures) all of it.
 export GOMODCACHE="$CACHE/go/mod" GOCACHE="$CACHE/go/build" GOPATH="$CACHE/go/path"
 export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 GOFLAGS=-mod=mod

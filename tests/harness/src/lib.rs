@@ -13,6 +13,7 @@ pub mod drained;
 mod error;
 pub mod faults;
 pub mod fetch;
+pub mod jaeger;
 mod namespace;
 mod netns;
 pub mod objects;

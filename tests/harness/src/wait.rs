@@ -87,6 +87,41 @@ where
         })
 }
 
+/// Polls `probe` every `interval` until it returns `Some`, and returns that; for what no watch can
+/// see (an HTTP API such as Jaeger's). An error of `probe` ends the wait at once; a deadline
+/// passed is [`Error::Timeout`] naming `what` (a probe still running then is dropped). The probe
+/// runs at least once, however short the timeout.
+pub async fn poll<T, F>(
+    what: &str,
+    timeout: Duration,
+    interval: Duration,
+    mut probe: F,
+) -> Result<T>
+where
+    F: AsyncFnMut() -> Result<Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = tokio::time::timeout_at(deadline, probe())
+            .await
+            .map_err(|_| Error::Timeout {
+                what: what.to_string(),
+                after: timeout,
+            })??
+        {
+            return Ok(v);
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(Error::Timeout {
+                what: what.to_string(),
+                after: timeout,
+            });
+        }
+        tokio::time::sleep_until((now + interval).min(deadline)).await;
+    }
+}
+
 /// Waits until the Service's EndpointSlices list exactly `n` ready endpoints (what kube-proxy
 /// programs), e.g. after a rollout and before measuring traffic.
 pub async fn service_endpoints_ready(
