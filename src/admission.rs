@@ -124,7 +124,7 @@ impl Slot {
 impl Admission {
     /// Serves one request body from `caller`. Never panics on input; a bad body is a 4xx with its
     /// reason.
-    #[tracing::instrument(name = "admission", skip_all, fields(uid, user, pod, caller = %caller))]
+    /// `traceparent`: the caller's trace, which this request's span continues.
     pub async fn serve(
         &self,
         body: Bytes,
@@ -132,7 +132,14 @@ impl Admission {
         slot: Slot,
         traceparent: Option<&str>,
     ) -> HttpAnswer {
-        crate::telemetry::continue_trace(traceparent);
+        use tracing::Instrument as _;
+        use tracing::field::Empty;
+        let span = tracing::info_span!("admission", uid = Empty, user = Empty, pod = Empty, caller = %caller);
+        crate::telemetry::continue_trace(&span, traceparent);
+        self.answer(body, caller, slot).instrument(span).await
+    }
+
+    async fn answer(&self, body: Bytes, caller: &Caller, slot: Slot) -> HttpAnswer {
         let parsed = review::parse(&body);
         // Nothing of the body outlives the parse (a held request must not keep it).
         drop(body);

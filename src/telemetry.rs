@@ -113,10 +113,13 @@ pub fn remote_context(traceparent: &str) -> Option<opentelemetry::Context> {
     cx.span().span_context().is_valid().then_some(cx)
 }
 
-/// Makes the current span a child of the caller's trace (the API server propagates its own).
-pub fn continue_trace(traceparent: Option<&str>) {
-    if let Some(cx) = traceparent.and_then(remote_context) {
-        let _ = tracing::Span::current().set_parent(cx);
+/// Makes `span` a child of the caller's trace (the API server propagates its own). Only before
+/// the span is first entered: its OpenTelemetry span starts then, with the parent it has.
+pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
+    if let Some(cx) = traceparent.and_then(remote_context)
+        && let Err(e) = span.set_parent(cx)
+    {
+        tracing::debug!(error = %e, "the caller's trace context could not be set");
     }
 }
 
@@ -167,5 +170,28 @@ mod tests {
         ] {
             assert!(remote_context(bad).is_none(), "{bad:.40}");
         }
+    }
+
+    #[test]
+    fn a_span_continues_the_callers_trace_only_when_told_before_it_starts() {
+        const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let traceparent = format!("00-{TRACE}-00f067aa0ba902b7-01");
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let trace_of = |span: &tracing::Span| {
+                format!("{:032x}", span.context().span().span_context().trace_id())
+            };
+            let told_first = tracing::info_span!("admission");
+            continue_trace(&told_first, Some(&traceparent));
+            told_first.in_scope(|| assert_eq!(trace_of(&tracing::Span::current()), TRACE));
+            // Told once started (what `#[instrument]` on the handler did): a trace of its own.
+            let told_late = tracing::info_span!("admission");
+            told_late.in_scope(|| {
+                continue_trace(&tracing::Span::current(), Some(&traceparent));
+                assert_ne!(trace_of(&tracing::Span::current()), TRACE);
+            });
+        });
     }
 }

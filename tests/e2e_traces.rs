@@ -74,24 +74,20 @@ async fn a_drain_is_one_linked_trace_from_the_api_server_to_the_deferred_delete_
         .links()
         .next()
         .unwrap_or_else(|| panic!("the deferred delete is linked to nothing: {delete:?}"));
-    let story = jaeger
-        .wait_for_traces(
-            &TraceQuery::service(APISERVER_SERVICE)
-                .since(since)
-                .limit(1000),
-            "the API server's trace of the eviction",
-            Duration::from_secs(60),
-            |ts| {
-                ts.iter()
-                    .any(|t| t.trace_id == link.trace_id && t.span(&link.span_id).is_some())
-            },
-        )
-        .await?;
-    let story = story
-        .iter()
-        .find(|t| t.trace_id == link.trace_id)
-        .expect("found above");
-    let admission = story.span(&link.span_id).expect("found above");
+    // The linked trace, by its id: the admission span and, above it, the API server's.
+    let story = pgd_harness::wait::poll(
+        "the trace of the eviction, with the admission span",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        async || {
+            Ok(jaeger
+                .trace(&link.trace_id)
+                .await?
+                .filter(|t| t.span(&link.span_id).is_some()))
+        },
+    )
+    .await?;
+    let admission = story.span(&link.span_id).expect("polled for");
     assert_eq!(admission.operation_name, "admission");
     assert_eq!(story.service_of(admission), Some(service.as_str()));
     assert!(
