@@ -94,3 +94,52 @@ fn the_cert_manager_and_network_policy_options_render_what_they_need() -> anyhow
     assert!(String::from_utf8_lossy(&refused.stderr).contains("apiServerCIDRs"));
     Ok(())
 }
+
+/// The Prometheus Operator and Grafana objects (no operator runs on the testbed: checked as
+/// rendered; the alerts themselves are checked by promtool in chart_alerts.rs).
+#[test]
+fn the_metrics_options_render_a_service_monitor_the_alerts_and_the_dashboard() -> anyhow::Result<()>
+{
+    let default = render(&[])?;
+    for kind in ["ServiceMonitor", "PrometheusRule"] {
+        assert!(
+            !default.contains(&format!("kind: {kind}")),
+            "{kind} is off by default"
+        );
+    }
+    assert!(
+        !default.contains("-dashboard"),
+        "the dashboard is off by default"
+    );
+    assert!(
+        default.contains("- {name: metrics, port: 8081, targetPort: health}"),
+        "the Service names the metrics port"
+    );
+    let all = render(&[
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.serviceMonitor.labels.release=kube-prometheus",
+        "metrics.prometheusRule.enabled=true",
+        "metrics.dashboard.enabled=true",
+    ])?;
+    assert!(all.contains("kind: ServiceMonitor"));
+    assert!(all.contains("- port: metrics"));
+    assert!(all.contains("release: kube-prometheus"));
+    assert!(all.contains("kind: PrometheusRule"));
+    let alerts = std::fs::read_to_string(chart_dir().join("files/alerts.yaml"))?;
+    for alert in alerts
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        assert!(
+            all.contains(&format!("alert: {alert}")),
+            "{alert} not in the PrometheusRule"
+        );
+    }
+    assert!(all.contains("name: t-pod-graceful-drain-dashboard"));
+    assert!(all.contains("grafana_dashboard: \"1\""));
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        chart_dir().join("files/dashboard.json"),
+    )?)?;
+    assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() >= 5));
+    Ok(())
+}
