@@ -49,6 +49,10 @@ async fn kubectl_drain_completes_and_drained_pods_serve_until_delete_at() -> any
         .collect();
     assert!(!on_drained.is_empty(), "no app pod on {drain}");
 
+    // Pods an earlier test left draining on the node (released by their controller, in a
+    // namespace being deleted) would stop `kubectl drain` ("declare no controller": issue 15):
+    // they are not this test's, so it starts once they are gone.
+    leftovers_gone(&env, &drain).await?;
     let drained = drain_node(
         env.target,
         &drain,
@@ -97,5 +101,28 @@ async fn kubectl_drain_completes_and_drained_pods_serve_until_delete_at() -> any
         took >= Duration::from_secs(7),
         "the drain finished before the pods' delete-at ({took:?}): they were not kept serving"
     );
+    Ok(())
+}
+
+/// Waits until no pod of another namespace on `node` is draining.
+async fn leftovers_gone(env: &TestEnv, node: &str) -> anyhow::Result<()> {
+    let all: Api<Pod> = Api::all(env.client.clone());
+    let params = ListParams::default()
+        .labels(pod_graceful_drain::core::keys::DRAINING_LABEL)
+        .fields(&format!("spec.nodeName={node}"));
+    pgd_harness::wait::poll(
+        "earlier tests' draining pods to leave the node",
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        async || {
+            let left = all.list_metadata(&params).await?;
+            Ok(left
+                .items
+                .iter()
+                .all(|p| p.namespace().as_deref() == Some(env.namespace.as_str()))
+                .then_some(()))
+        },
+    )
+    .await?;
     Ok(())
 }
