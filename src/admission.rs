@@ -321,6 +321,13 @@ impl Admission {
             };
             match step {
                 Step::Answer(answer, delete_at) => return Ok(Finish::Answer(answer, delete_at)),
+                Step::RereadSoon => {
+                    tokio::time::sleep(RACING_WRITE_PAUSE).await;
+                    match self.view.pod(&caller.namespace, &caller.name).await? {
+                        Some(p) => *pod = p,
+                        None => return Ok(Finish::Now(Reply::Allow, Why::Gone)),
+                    }
+                }
                 Step::Reread => match self.view.pod(&caller.namespace, &caller.name).await? {
                     Some(p) => *pod = p,
                     None => return Ok(Finish::Now(Reply::Allow, Why::Gone)),
@@ -380,6 +387,19 @@ impl Admission {
         let view = pod_view(pod, &mark, namespace);
         let decision = decision::decide(&self.policy, request, &view, &facts, now);
         match decision {
+            // The budget was spent for this very pod by a replica still isolating it (its write
+            // landed, the pod's patch not yet): read the pod again and find it draining, rather
+            // than pass the eviction to a handler that refuses it.
+            Decision::Pass {
+                reason: PassReason::BudgetRefuses,
+                ..
+            } if facts
+                .budgets
+                .iter()
+                .any(|(_, b)| b.being_disrupted.contains(view.name)) =>
+            {
+                Ok(Step::RereadSoon)
+            }
             Decision::Pass { reason, warning } => {
                 *notice = pass_notice(reason, warning, &mark, &self.instance);
                 if let Mark::Forged(why) = &mark {
@@ -717,8 +737,13 @@ fn too_many() -> Reply {
 enum Step {
     Answer(Answer, Timestamp),
     Reread,
+    /// Re-read after a pause: another replica's write is on its way.
+    RereadSoon,
     Pass(Why),
 }
+
+/// How long a request waits for a racing replica's isolating patch before it reads the pod again.
+const RACING_WRITE_PAUSE: Duration = Duration::from_millis(100);
 
 /// Holds until `until` or the request's `due` instant, whichever is first; whether `until` was
 /// reached.

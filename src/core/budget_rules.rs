@@ -24,6 +24,9 @@ pub struct Budget {
     pub current_healthy: i32,
     pub desired_healthy: i32,
     pub disrupted_pods: usize,
+    /// The pods named in `status.disruptedPods`: evictions recorded but not yet seen through
+    /// (one may be this very pod, spent for by a racing replica that is draining it).
+    pub being_disrupted: std::collections::BTreeSet<String>,
     /// `spec.unhealthyPodEvictionPolicy` is `AlwaysAllow`.
     pub always_allow_unhealthy: bool,
 }
@@ -142,6 +145,7 @@ mod tests {
             current_healthy: 3,
             desired_healthy: 2,
             disrupted_pods: 0,
+            being_disrupted: Default::default(),
             always_allow_unhealthy: false,
         }
     }

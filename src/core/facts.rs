@@ -48,7 +48,11 @@ pub fn budget(pdb: &PodDisruptionBudget) -> Option<(Selector, Budget)> {
             disruptions_allowed: status.disruptions_allowed,
             current_healthy: status.current_healthy,
             desired_healthy: status.desired_healthy,
-            disrupted_pods: status.disrupted_pods.map(|m| m.len()).unwrap_or(0),
+            disrupted_pods: status.disrupted_pods.as_ref().map_or(0, |m| m.len()),
+            being_disrupted: status
+                .disrupted_pods
+                .map(|m| m.into_keys().collect())
+                .unwrap_or_default(),
             always_allow_unhealthy: spec.unhealthy_pod_eviction_policy.as_deref()
                 == Some("AlwaysAllow"),
         },

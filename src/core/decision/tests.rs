@@ -102,6 +102,7 @@ impl World {
                             current_healthy: 3,
                             desired_healthy: 2,
                             disrupted_pods: 0,
+                            being_disrupted: Default::default(),
                             always_allow_unhealthy: false,
                         },
                     )]
