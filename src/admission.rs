@@ -321,17 +321,15 @@ impl Admission {
             };
             match step {
                 Step::Answer(answer, delete_at) => return Ok(Finish::Answer(answer, delete_at)),
-                Step::RereadSoon => {
-                    tokio::time::sleep(RACING_WRITE_PAUSE).await;
+                Step::Reread | Step::RereadSoon => {
+                    if matches!(step, Step::RereadSoon) {
+                        tokio::time::sleep(RACING_WRITE_PAUSE).await;
+                    }
                     match self.view.pod(&caller.namespace, &caller.name).await? {
                         Some(p) => *pod = p,
                         None => return Ok(Finish::Now(Reply::Allow, Why::Gone)),
                     }
                 }
-                Step::Reread => match self.view.pod(&caller.namespace, &caller.name).await? {
-                    Some(p) => *pod = p,
-                    None => return Ok(Finish::Now(Reply::Allow, Why::Gone)),
-                },
                 Step::Pass(why) => return Ok(Finish::Now(Reply::Allow, why)),
             }
         }

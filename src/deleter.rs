@@ -7,7 +7,7 @@
 //! warnings were already given), so a new leader carries on where the last stopped.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -157,12 +157,11 @@ impl Deleter {
         let now = self.clock.earliest();
         let pods = store.state();
         announced.keep_only(&pods.iter().filter_map(|m| m.uid()).collect());
-        self.metrics
-            .drains_seen(Some(&self.count(keys, &pods, now)));
-        // From the cache: only pods with something to do now are re-read.
-        let todo: Vec<_> = pods
+        // Each cached pod's seal is checked once per pass; the counts, the filter and the
+        // EndpointSlice owners all read that one mark.
+        let marked: Vec<(&PartialObjectMeta<Pod>, Mark)> = pods
             .iter()
-            .filter(|meta| {
+            .map(|meta| {
                 let mark = self.mark(
                     keys,
                     meta.uid().as_deref(),
@@ -170,9 +169,17 @@ impl Deleter {
                     meta.annotations(),
                     now,
                 );
+                (meta.as_ref(), mark)
+            })
+            .collect();
+        self.metrics.drains_seen(Some(&self.count(&marked, now)));
+        // From the cache: only pods with something to do now are re-read.
+        let todo: Vec<_> = marked
+            .iter()
+            .filter(|(meta, mark)| {
                 let step = deletion::next(
                     &deletion::Pod {
-                        mark: &mark,
+                        mark,
                         annotations: meta.annotations(),
                         terminating: meta.metadata.deletion_timestamp.is_some(),
                         withheld: Some(None),
@@ -191,12 +198,13 @@ impl Deleter {
                     _ => true,
                 }
             })
-            .filter_map(|meta| {
-                Some((
-                    meta.namespace()?,
-                    meta.name_any(),
-                    self.owners_of(keys, meta, now),
-                ))
+            .filter_map(|(meta, mark)| {
+                let ns = meta.namespace()?;
+                let owners = match mark {
+                    Mark::Sealed(schedule) => self.slice_owners(&ns, meta.labels(), schedule),
+                    _ => BTreeSet::new(),
+                };
+                Some((ns, meta.name_any(), owners))
             })
             .collect();
         // One read of EndpointSlices per namespace and pass, whatever the number of due pods.
@@ -216,21 +224,10 @@ impl Deleter {
     }
 
     /// The drains of this installation in the cache, for the metrics.
-    fn count(
-        &self,
-        keys: &KeySet,
-        pods: &[Arc<PartialObjectMeta<Pod>>],
-        now: Timestamp,
-    ) -> DrainCounts {
+    fn count(&self, marked: &[(&PartialObjectMeta<Pod>, Mark)], now: Timestamp) -> DrainCounts {
         let mut counts = DrainCounts::default();
-        for meta in pods {
-            let Mark::Sealed(schedule) = self.mark(
-                keys,
-                meta.uid().as_deref(),
-                meta.labels(),
-                meta.annotations(),
-                now,
-            ) else {
+        for (_, mark) in marked {
+            let Mark::Sealed(schedule) = mark else {
                 continue;
             };
             match schedule.reason {
@@ -470,30 +467,8 @@ impl Deleter {
         Ok(None)
     }
 
-    /// The Services whose EndpointSlices may list a pod of the cache: those that selected it
-    /// before its drain, and those without a selector. Empty when it is not a drain of ours.
-    fn owners_of(
-        &self,
-        keys: &KeySet,
-        meta: &PartialObjectMeta<Pod>,
-        now: Timestamp,
-    ) -> BTreeSet<String> {
-        match self.mark(
-            keys,
-            meta.uid().as_deref(),
-            meta.labels(),
-            meta.annotations(),
-            now,
-        ) {
-            Mark::Sealed(schedule) => self.slice_owners(
-                &meta.namespace().unwrap_or_default(),
-                meta.labels(),
-                &schedule,
-            ),
-            _ => BTreeSet::new(),
-        }
-    }
-
+    /// The Services whose EndpointSlices may list the pod: those that selected it before its
+    /// drain, and those without a selector.
     fn slice_owners(
         &self,
         ns: &str,
